@@ -1,0 +1,446 @@
+//! The upload state machine: validate -> resolve KMS and source -> CreateKey ->
+//! GetParametersForImport -> wrap in the token -> ImportKeyMaterial -> CreateAlias -> read back
+//! -> persist. The attempt is recorded before CreateKey; any failure after it schedules the
+//! half-made key for deletion (or leaves that to the cleaner when AWS cannot be reached).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use cryptoki::mechanism::MechanismType;
+use rsa::RsaPublicKey;
+use rsa::pkcs8::DecodePublicKey;
+use rsa::traits::PublicKeyParts;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::policy;
+use super::record::{self, Provenance};
+use super::request::{
+    Expiry, PolicyChoice, TEMPLATE_TAG, UPLOAD_TAG, UploadKeyBody, UploadRequest,
+};
+use super::spec::WrappingAlgorithm;
+use crate::error::DomainError;
+use crate::kms::{self, CreateKeyInput, KmsConn, KmsErrorKind, SharedKms};
+use crate::pkcs11::ops;
+use crate::pkcs11::profile::OaepHash;
+use crate::store::attempts::{self, NewAttempt, state};
+use crate::store::{Store, now_rfc3339};
+use crate::tiers::Tiers;
+
+/// Attempt ids being worked on by this process; the cleaner leaves them alone.
+#[derive(Default, Clone)]
+pub struct LiveAttempts(Arc<Mutex<HashSet<String>>>);
+
+impl LiveAttempts {
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.lock().map(|s| s.contains(id)).unwrap_or(true)
+    }
+
+    fn enter(&self, id: &str) -> LiveGuard {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(id.to_owned());
+        }
+        LiveGuard {
+            set: self.clone(),
+            id: id.to_owned(),
+        }
+    }
+}
+
+struct LiveGuard {
+    set: LiveAttempts,
+    id: String,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.0.lock() {
+            s.remove(&self.id);
+        }
+    }
+}
+
+pub struct Uploader {
+    pub kms: SharedKms,
+    pub store: Store,
+    pub tiers: Tiers,
+    pub live: LiveAttempts,
+}
+
+struct Ctx<'a> {
+    attempt: String,
+    req: &'a UploadRequest,
+    conn: &'a KmsConn,
+    client: aws_sdk_kms::Client,
+}
+
+impl Uploader {
+    pub async fn upload(
+        &self,
+        body: UploadKeyBody,
+        request_id: &str,
+    ) -> Result<Value, DomainError> {
+        let req = body
+            .validate(OffsetDateTime::now_utc())
+            .map_err(DomainError::Invalid)?;
+        let conn = self
+            .kms
+            .find(&req.kms)
+            .ok_or_else(|| {
+                DomainError::NotFound(format!(
+                    "kms: no KMS connection named (or with id) `{}`",
+                    req.kms
+                ))
+            })?
+            .clone();
+        if !conn.has_region(&req.region) {
+            return Err(DomainError::Invalid(format!(
+                "region: `{}` is not a region of kms `{}` ({})",
+                req.region,
+                conn.cfg.name,
+                conn.cfg.regions.join(", ")
+            )));
+        }
+        let (policy_text, template_id) = self.policy_for(&req, &conn).await?;
+        let source = self.tiers.resolve(req.tier, &req.source, req.spec).await?;
+        let hash = source
+            .token
+            .capabilities()
+            .and_then(|c| c.best_oaep())
+            .ok_or_else(|| {
+                DomainError::Unprocessable(format!(
+                    "token {} proved no RSA-OAEP wrap method",
+                    source.token.name
+                ))
+            })?;
+        let alg = match hash {
+            OaepHash::Sha256 => WrappingAlgorithm::RsaesOaepSha256,
+            OaepHash::Sha1 => WrappingAlgorithm::RsaesOaepSha1,
+        };
+        let client = self.kms.client(&conn, &req.region).await;
+        if let Some(a) = &req.alias
+            && kms::alias_exists(&client, a.as_str()).await?
+        {
+            return Err(DomainError::Conflict(format!(
+                "aws_param.Alias: {} already exists in {}",
+                a.as_str(),
+                req.region
+            )));
+        }
+
+        let attempt = uuid::Uuid::new_v4().to_string();
+        let _live = self.live.enter(&attempt);
+        let new = NewAttempt {
+            id: attempt.clone(),
+            request_id: request_id.to_owned(),
+            kms_id: conn.cfg.id.clone(),
+            kms_name: conn.cfg.name.clone(),
+            region: req.region.clone(),
+            source_tier: req.tier.as_str().to_owned(),
+            source_key: req.source.clone(),
+        };
+        self.store.call(move |c| attempts::begin(c, &new)).await?;
+
+        let mut tags: Vec<(String, String)> = req
+            .tags
+            .iter()
+            .map(|t| (t.key.clone(), t.value.clone()))
+            .collect();
+        tags.push((UPLOAD_TAG.to_owned(), attempt.clone()));
+        if let Some(t) = &template_id {
+            tags.push((TEMPLATE_TAG.to_owned(), t.clone()));
+        }
+        let created = kms::create_key(
+            &client,
+            CreateKeyInput {
+                spec: req.spec,
+                usage: req.usage,
+                description: &req.description,
+                policy: &policy_text,
+                bypass_lockout: req.bypass_lockout,
+                multi_region: req.multi_region,
+                tags: &tags,
+            },
+        )
+        .await;
+        let meta = match created {
+            Ok(m) => m,
+            Err(e) => {
+                // A refusal means no key exists. A lost answer may hide a created key: the
+                // attempt stays `creating` and the cleaner looks for the key by its tag.
+                let definite = matches!(
+                    e.kind,
+                    KmsErrorKind::BadRequest | KmsErrorKind::Conflict | KmsErrorKind::NotFound
+                );
+                let msg = e.to_string();
+                let id = attempt.clone();
+                let new_state = if definite {
+                    state::FAILED
+                } else {
+                    state::CREATING
+                };
+                self.store
+                    .call(move |c| attempts::finish(c, &id, new_state, Some(&msg)))
+                    .await?;
+                return Err(e.into());
+            }
+        };
+        let key_id = meta.key_id().to_owned();
+        let arn = meta.arn().unwrap_or_default().to_owned();
+        {
+            let (id, k, a) = (attempt.clone(), key_id.clone(), arn.clone());
+            self.store
+                .call(move |c| attempts::key_created(c, &id, &k, &a))
+                .await?;
+        }
+        tracing::info!(attempt = %attempt, key_id = %key_id, "AWS key created");
+
+        let ctx = Ctx {
+            attempt: attempt.clone(),
+            req: &req,
+            conn: &conn,
+            client,
+        };
+        match self
+            .complete(&ctx, &key_id, source, alg, hash, template_id.as_deref())
+            .await
+        {
+            Ok(record) => Ok(record),
+            Err((stage, cause)) => Err(self.abandon(&ctx, &key_id, stage, cause).await),
+        }
+    }
+
+    async fn policy_for(
+        &self,
+        req: &UploadRequest,
+        conn: &KmsConn,
+    ) -> Result<(String, Option<String>), DomainError> {
+        let account = &conn.cfg.account_id;
+        Ok(match &req.policy {
+            PolicyChoice::Default => (policy::default_policy(account).to_string(), None),
+            PolicyChoice::Explicit(text) => (text.clone(), None),
+            PolicyChoice::Lists(l) => (
+                policy::from_lists(account, l, req.spec, req.usage).to_string(),
+                None,
+            ),
+            PolicyChoice::Template(t) => {
+                let tpl = super::templates::get(&self.store, t)
+                    .await?
+                    .ok_or_else(|| {
+                        DomainError::NotFound(format!("policytemplate: no policy template `{t}`"))
+                    })?;
+                let tpl_kms = tpl["kms_id"].as_str().unwrap_or_default();
+                if !tpl_kms.is_empty() && tpl_kms != conn.cfg.id {
+                    return Err(DomainError::Invalid(format!(
+                        "policytemplate: template `{t}` belongs to another kms"
+                    )));
+                }
+                let text = super::templates::policy_text(&tpl, account, req.spec, req.usage)
+                    .map_err(DomainError::Internal)?;
+                (text, tpl["id"].as_str().map(str::to_owned))
+            }
+        })
+    }
+
+    async fn stage(&self, attempt: &str, stage: &'static str) {
+        let id = attempt.to_owned();
+        if let Err(e) = self
+            .store
+            .call(move |c| attempts::stage(c, &id, stage))
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the upload stage");
+        }
+    }
+
+    async fn complete(
+        &self,
+        ctx: &Ctx<'_>,
+        key_id: &str,
+        source: crate::tiers::ResolvedSource,
+        alg: WrappingAlgorithm,
+        hash: OaepHash,
+        template_id: Option<&str>,
+    ) -> Result<Value, (&'static str, DomainError)> {
+        let req = ctx.req;
+        let wks = ctx.conn.cfg.wrapping_key_spec.clone();
+
+        self.stage(&ctx.attempt, "GetParametersForImport").await;
+        let params = kms::get_parameters_for_import(&ctx.client, key_id, alg, &wks)
+            .await
+            .map_err(|e| ("GetParametersForImport", e.into()))?;
+        let public = RsaPublicKey::from_public_key_der(&params.public_key_der).map_err(|e| {
+            (
+                "GetParametersForImport",
+                DomainError::Internal(format!("AWS wrapping key is not an RSA public key: {e}")),
+            )
+        })?;
+        let want_bits: usize = wks.trim_start_matches("RSA_").parse().unwrap_or(0);
+        if public.size() * 8 != want_bits {
+            return Err((
+                "GetParametersForImport",
+                DomainError::Internal(format!(
+                    "AWS returned a {}-bit wrapping key for {wks}",
+                    public.size() * 8
+                )),
+            ));
+        }
+        let modulus = public.n().to_bytes_be();
+        let exponent = public.e().to_bytes_be();
+
+        self.stage(&ctx.attempt, "Wrap").await;
+        let token = source.token.clone();
+        let material = source.material.clone();
+        let wrapped = token
+            .run(move |s| {
+                let key = material.materialize(s)?;
+                let wrapping = ops::import_rsa_wrapping_key(
+                    s,
+                    &modulus,
+                    &exponent,
+                    MechanismType::RSA_PKCS_OAEP,
+                )?;
+                ops::oaep_wrap(s, hash, wrapping.handle(), key.handle())
+            })
+            .await
+            .map_err(|e| ("Wrap", DomainError::token(&token.name)(e)))?;
+
+        self.stage(&ctx.attempt, "ImportKeyMaterial").await;
+        let valid_to = match req.expiry {
+            Expiry::Never => None,
+            Expiry::At(t) => Some(t),
+        };
+        kms::import_key_material(&ctx.client, key_id, &params, wrapped, valid_to)
+            .await
+            .map_err(|e| ("ImportKeyMaterial", e.into()))?;
+
+        if let Some(a) = &req.alias {
+            self.stage(&ctx.attempt, "CreateAlias").await;
+            kms::create_alias(&ctx.client, a.as_str(), key_id)
+                .await
+                .map_err(|e| ("CreateAlias", e.into()))?;
+        }
+
+        self.stage(&ctx.attempt, "DescribeKey").await;
+        let st = kms::read_state(&ctx.client, key_id)
+            .await
+            .map_err(|e| ("DescribeKey", e.into()))?;
+
+        self.stage(&ctx.attempt, "Persist").await;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_rfc3339();
+        let ident = token.ident();
+        let record = record::build(
+            &id,
+            &now,
+            req,
+            ctx.conn,
+            &st,
+            &Provenance {
+                local_key_id: &source.local_key_id,
+                local_key_name: &source.local_key_name,
+                token: &token.name,
+                token_serial: &ident.serial,
+                wrapping_algorithm: alg.as_str(),
+                wrapping_key_spec: &wks,
+                upload_id: &ctx.attempt,
+                template_id,
+            },
+        );
+        let stored = record.clone();
+        let (kid, arn, kms_id, region, attempt) = (
+            key_id.to_owned(),
+            st.metadata.arn().unwrap_or_default().to_owned(),
+            ctx.conn.cfg.id.clone(),
+            req.region.clone(),
+            ctx.attempt.clone(),
+        );
+        let aliases = st.aliases.clone();
+        self.store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                crate::store::aws_keys::insert(
+                    &tx,
+                    &crate::store::aws_keys::AwsKeyRow {
+                        id: &id,
+                        key_id: &kid,
+                        arn: &arn,
+                        kms_id: &kms_id,
+                        region: &region,
+                        aliases: &aliases,
+                        record: &stored,
+                        created_at: &now,
+                    },
+                )?;
+                attempts::finish(&tx, &attempt, state::COMPLETED, None)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| ("Persist", e.into()))?;
+        tracing::info!(attempt = %ctx.attempt, key_id, alg = alg.as_str(), token = %token.name, "upload complete");
+        Ok(record)
+    }
+
+    /// After a failure past CreateKey: schedule the key for deletion now if AWS answers, record
+    /// the outcome either way, and tell the caller what happened to the key.
+    async fn abandon(
+        &self,
+        ctx: &Ctx<'_>,
+        key_id: &str,
+        stage: &'static str,
+        cause: DomainError,
+    ) -> DomainError {
+        let reason = cause.public_message();
+        tracing::warn!(attempt = %ctx.attempt, key_id, stage, error = %cause, "upload failed after CreateKey");
+        {
+            let (id, msg) = (ctx.attempt.clone(), format!("{stage}: {cause}"));
+            if let Err(e) = self
+                .store
+                .call(move |c| attempts::finish(c, &id, state::CLEANUP_PENDING, Some(&msg)))
+                .await
+            {
+                tracing::error!(error = %e, "could not record the failed attempt");
+            }
+        }
+        let outcome = kms::schedule_deletion(&ctx.client, key_id).await;
+        let scheduled = outcome.is_ok();
+        let recorded = {
+            let id = ctx.attempt.clone();
+            let o: Result<Option<String>, String> = outcome
+                .as_ref()
+                .map(|d| {
+                    d.as_ref()
+                        .and_then(|d| record::aws_time(Some(d)).as_str().map(str::to_owned))
+                })
+                .map_err(|e| e.to_string());
+            self.store
+                .call(move |c| {
+                    attempts::cleanup_result(
+                        c,
+                        &id,
+                        o.as_ref().map(|d| d.as_deref()).map_err(|e| e.as_str()),
+                    )
+                })
+                .await
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "could not record the cleanup outcome");
+        }
+        let what = if scheduled {
+            format!("AWS key {key_id} created for it has been scheduled for deletion (7 days)")
+        } else {
+            format!(
+                "AWS key {key_id} created for it could not be scheduled for deletion yet; \
+                 the bridge retries until AWS answers"
+            )
+        };
+        DomainError::HalfMade {
+            message: format!(
+                "upload failed at {stage}: {reason}. The {what} (upload attempt {}).",
+                ctx.attempt
+            ),
+            cause: Box::new(cause),
+        }
+    }
+}

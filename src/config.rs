@@ -1,0 +1,583 @@
+//! Typed configuration: a TOML file read with the `config` crate, every key overridable from
+//! the environment.
+//!
+//! Environment naming: `HSM_BRIDGE__` followed by the key path in upper case, sections and
+//! keys separated by `__`, array entries by their index. Examples:
+//! `HSM_BRIDGE__SERVER__LISTEN=127.0.0.1:9443`, `HSM_BRIDGE__TOKENS__0__PIN_FILE=/run/pin`,
+//! `HSM_BRIDGE__AUTH__ALLOWED_GROUPS='["admin","CCKM Admins"]'` (lists as JSON arrays).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::secrets::SecretSource;
+
+pub const ENV_PREFIX: &str = "HSM_BRIDGE__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    #[serde(default)]
+    pub kms: Vec<KmsConfig>,
+    #[serde(default)]
+    pub cleanup: CleanupConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub vault: VaultConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Plain HTTP; refused unless `listen` is a loopback address.
+    #[serde(default)]
+    pub plaintext: bool,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// When set, the bound address is written here once the server listens
+    /// (useful with port 0).
+    pub address_file: Option<PathBuf>,
+}
+
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub jwt_secret_file: Option<String>,
+    pub jwt_public_key_file: Option<String>,
+    /// Only used by `hsm-bridge token` when the daemon verifies RS256/ES256.
+    pub jwt_private_key_file: Option<String>,
+    pub allowed_groups: Vec<String>,
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_secs: u64,
+}
+
+fn default_token_ttl() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    Bridge,
+    Source,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub module: PathBuf,
+    pub token_label: Option<String>,
+    pub token_serial: Option<String>,
+    pub pin_file: String,
+    pub profile: String,
+    pub role: TokenRole,
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    /// Label of the vault key-encryption key (bridge token only).
+    #[serde(default = "default_kek_label")]
+    pub kek_label: String,
+    /// Overrides the profile's login user: "user" or "crypto-user".
+    pub login_user: Option<String>,
+}
+
+fn default_sessions() -> usize {
+    4
+}
+
+fn default_kek_label() -> String {
+    "hsm-bridge-vault-kek".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    pub name: String,
+    pub id: String,
+    pub account_id: String,
+    pub regions: Vec<String>,
+    pub endpoint_url: Option<String>,
+    pub profile: Option<String>,
+    pub assume_role_arn: Option<String>,
+    #[serde(default = "default_cloud_name")]
+    pub cloud_name: String,
+    /// RSA_2048, RSA_3072 or RSA_4096: the wrapping key AWS is asked for.
+    #[serde(default = "default_wrapping_key_spec")]
+    pub wrapping_key_spec: String,
+    /// Attempts per AWS call (the SDK's standard retry mode).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_timeout")]
+    pub operation_timeout_secs: u64,
+}
+
+fn default_cloud_name() -> String {
+    "aws".to_owned()
+}
+fn default_wrapping_key_spec() -> String {
+    "RSA_4096".to_owned()
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupConfig {
+    /// How often half-made AWS keys still awaiting deletion are retried.
+    #[serde(default = "default_cleanup_interval")]
+    pub interval_secs: u64,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: default_cleanup_interval(),
+        }
+    }
+}
+
+fn default_cleanup_interval() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub json: bool,
+    /// Put token and AWS error details in the logs (never in responses).
+    #[serde(default)]
+    pub detailed_errors: bool,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            json: false,
+            detailed_errors: false,
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Name of the bridge token that holds the vault (default: the only bridge token).
+    pub token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file and the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::File {
+                path: path.to_owned(),
+                message: "no such file".into(),
+            });
+        }
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml));
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = env_key_to_path(rest)
+                .ok_or_else(|| ConfigError::key(name.clone(), "not a valid key path"))?;
+            builder = builder
+                .set_override(&key, env_value(&value))
+                .map_err(|e| ConfigError::key(key.clone(), e.to_string()))?;
+        }
+        let built = builder.build().map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+        let cfg: Config = serde_path_to_error::deserialize(built).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::key(
+                if key == "." { "(top)".into() } else { key },
+                one_line(&e.inner().to_string()),
+            )
+        })?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Rules serde cannot express.
+    fn check(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.plaintext {
+            if !s.listen.ip().is_loopback() {
+                return Err(ConfigError::key(
+                    "server.plaintext",
+                    "plain HTTP is only allowed on a loopback listen address",
+                ));
+            }
+        } else {
+            if s.tls_cert_file.is_none() {
+                return Err(ConfigError::key(
+                    "server.tls_cert_file",
+                    "required unless server.plaintext = true",
+                ));
+            }
+            if s.tls_key_file.is_none() {
+                return Err(ConfigError::key(
+                    "server.tls_key_file",
+                    "required unless server.plaintext = true",
+                ));
+            }
+        }
+        if s.max_body_bytes < 1024 {
+            return Err(ConfigError::key(
+                "server.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let a = &self.auth;
+        match (&a.jwt_secret_file, &a.jwt_public_key_file) {
+            (None, None) => {
+                return Err(ConfigError::key(
+                    "auth.jwt_secret_file",
+                    "one of auth.jwt_secret_file or auth.jwt_public_key_file is required",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::key(
+                    "auth.jwt_public_key_file",
+                    "give either auth.jwt_secret_file or auth.jwt_public_key_file, not both",
+                ));
+            }
+            _ => {}
+        }
+        if a.issuer.trim().is_empty() {
+            return Err(ConfigError::key("auth.issuer", "must not be empty"));
+        }
+        if a.allowed_groups.is_empty() {
+            return Err(ConfigError::key(
+                "auth.allowed_groups",
+                "at least one group is required",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let k = |f: &str| format!("tokens[{i}].{f}");
+            if t.name.trim().is_empty() {
+                return Err(ConfigError::key(k("name"), "must not be empty"));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(ConfigError::key(k("name"), "duplicate token name"));
+            }
+            match (&t.token_label, &t.token_serial) {
+                (None, None) => {
+                    return Err(ConfigError::key(
+                        k("token_label"),
+                        "token_label or token_serial is required",
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::key(
+                        k("token_serial"),
+                        "give token_label or token_serial, not both",
+                    ));
+                }
+                _ => {}
+            }
+            if t.sessions == 0 || t.sessions > 64 {
+                return Err(ConfigError::key(k("sessions"), "must be between 1 and 64"));
+            }
+            if let Some(u) = &t.login_user
+                && u != "user"
+                && u != "crypto-user"
+            {
+                return Err(ConfigError::key(
+                    k("login_user"),
+                    "must be \"user\" or \"crypto-user\"",
+                ));
+            }
+        }
+        let bridges = self
+            .tokens
+            .iter()
+            .filter(|t| t.role == TokenRole::Bridge)
+            .count();
+        if bridges == 0 {
+            return Err(ConfigError::key(
+                "tokens",
+                "at least one token with role = \"bridge\" is required",
+            ));
+        }
+        if let Some(v) = &self.vault.token {
+            if !self
+                .tokens
+                .iter()
+                .any(|t| &t.name == v && t.role == TokenRole::Bridge)
+            {
+                return Err(ConfigError::key(
+                    "vault.token",
+                    "must name a token with role = \"bridge\"",
+                ));
+            }
+        } else if bridges > 1 {
+            return Err(ConfigError::key(
+                "vault.token",
+                "required when more than one bridge token is configured",
+            ));
+        }
+        let mut kms_names = BTreeSet::new();
+        for (i, k) in self.kms.iter().enumerate() {
+            let key = |f: &str| format!("kms[{i}].{f}");
+            if k.name.trim().is_empty() {
+                return Err(ConfigError::key(key("name"), "must not be empty"));
+            }
+            if k.id.trim().is_empty() {
+                return Err(ConfigError::key(key("id"), "must not be empty"));
+            }
+            if !kms_names.insert(k.name.clone()) {
+                return Err(ConfigError::key(key("name"), "duplicate kms name"));
+            }
+            if !kms_names.insert(format!("\u{0}id:{}", k.id)) {
+                return Err(ConfigError::key(key("id"), "duplicate kms id"));
+            }
+            if k.account_id.len() != 12 || !k.account_id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError::key(
+                    key("account_id"),
+                    "must be a 12-digit AWS account id",
+                ));
+            }
+            if k.regions.is_empty() {
+                return Err(ConfigError::key(
+                    key("regions"),
+                    "at least one region is required",
+                ));
+            }
+            if !matches!(
+                k.wrapping_key_spec.as_str(),
+                "RSA_2048" | "RSA_3072" | "RSA_4096"
+            ) {
+                return Err(ConfigError::key(
+                    key("wrapping_key_spec"),
+                    "must be RSA_2048, RSA_3072 or RSA_4096",
+                ));
+            }
+            if k.max_attempts == 0 {
+                return Err(ConfigError::key(key("max_attempts"), "must be at least 1"));
+            }
+        }
+        if self.cleanup.interval_secs == 0 {
+            return Err(ConfigError::key(
+                "cleanup.interval_secs",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn vault_token(&self) -> &TokenConfig {
+        let name = self.vault.token.as_deref();
+        self.tokens
+            .iter()
+            .filter(|t| t.role == TokenRole::Bridge)
+            .find(|t| name.is_none_or(|n| n == t.name))
+            .unwrap_or(&self.tokens[0])
+    }
+}
+
+impl TokenConfig {
+    pub fn pin_source(&self) -> SecretSource {
+        SecretSource::new(self.pin_file.clone())
+    }
+}
+
+/// `TOKENS__0__PIN_FILE` -> `tokens[0].pin_file`
+fn env_key_to_path(rest: &str) -> Option<String> {
+    let mut out = String::new();
+    for part in rest.split("__") {
+        if part.is_empty() {
+            return None;
+        }
+        if part.bytes().all(|b| b.is_ascii_digit()) {
+            if out.is_empty() {
+                return None;
+            }
+            out.push('[');
+            out.push_str(part);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&part.to_ascii_lowercase());
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn env_value(raw: &str) -> config::Value {
+    if raw.trim_start().starts_with('[')
+        && let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(raw)
+    {
+        let list: Vec<config::Value> = items
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => config::Value::from(s),
+                other => config::Value::from(other.to_string()),
+            })
+            .collect();
+        return config::Value::from(list);
+    }
+    config::Value::from(raw.to_owned())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+plaintext = true
+
+[auth]
+issuer = "hsm-bridge"
+jwt_secret_file = "/run/jwt"
+allowed_groups = ["admin"]
+
+[store]
+path = "/tmp/x.db"
+
+[[tokens]]
+name = "bridge"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "bridge"
+pin_file = "/run/pin"
+profile = "softhsm2"
+role = "bridge"
+
+[[kms]]
+name = "kms"
+id = "k1"
+account_id = "000000000000"
+regions = ["us-east-1"]
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).expect("write");
+        Config::load_with_env(&p, env.iter().map(|(a, b)| (a.to_string(), b.to_string())))
+    }
+
+    #[test]
+    fn good_config_loads() {
+        let c = load(GOOD, &[]).expect("loads");
+        assert_eq!(c.tokens[0].sessions, 4);
+        assert_eq!(c.kms[0].wrapping_key_spec, "RSA_4096");
+    }
+
+    #[test]
+    fn env_overrides_scalars_arrays_and_lists() {
+        let c = load(
+            GOOD,
+            &[
+                ("HSM_BRIDGE__TOKENS__0__PIN_FILE", "/other/pin"),
+                ("HSM_BRIDGE__TOKENS__0__SESSIONS", "7"),
+                ("HSM_BRIDGE__AUTH__ALLOWED_GROUPS", r#"["a","b"]"#),
+                ("HSM_BRIDGE__KMS__0__ENDPOINT_URL", "http://127.0.0.1:1"),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(c.tokens[0].pin_file, "/other/pin");
+        assert_eq!(c.tokens[0].sessions, 7);
+        assert_eq!(c.auth.allowed_groups, vec!["a", "b"]);
+        assert_eq!(c.kms[0].endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = GOOD.replace("plaintext = true", "plaintext = true\nbogus = 1");
+        let e = load(&text, &[]).expect_err("refused").to_string();
+        assert!(e.contains("server") && e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let text = GOOD.replace("profile = \"softhsm2\"\n", "");
+        let e = load(&text, &[]).expect_err("refused").to_string();
+        assert!(e.contains("tokens[0]") && e.contains("profile"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_needs_loopback() {
+        let text = GOOD.replace("127.0.0.1:0", "0.0.0.0:8443");
+        let e = load(&text, &[]).expect_err("refused").to_string();
+        assert!(e.contains("server.plaintext"), "{e}");
+    }
+
+    #[test]
+    fn bad_type_is_named() {
+        let e = load(GOOD, &[("HSM_BRIDGE__TOKENS__0__SESSIONS", "many")])
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("sessions"), "{e}");
+    }
+}

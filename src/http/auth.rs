@@ -1,0 +1,233 @@
+//! Bearer JWT authentication in CipherTrust Manager's style: signature, `exp`, issuer, and a
+//! group of `cust.groups` in the configured `allowed_groups`.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::config::AuthConfig;
+use crate::secrets::SecretSource;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default)]
+    pub iat: u64,
+    #[serde(default)]
+    pub nbf: Option<u64>,
+    #[serde(default)]
+    pub jti: Option<String>,
+    #[serde(default)]
+    pub cust: Cust,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Cust {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_id: Option<String>,
+}
+
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+    allowed_groups: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("config key `auth.{key}`: {message}")]
+    Key { key: &'static str, message: String },
+}
+
+fn setup_err(key: &'static str, message: impl ToString) -> AuthSetupError {
+    AuthSetupError::Key {
+        key,
+        message: message.to_string(),
+    }
+}
+
+impl Authenticator {
+    pub fn from_config(cfg: &AuthConfig) -> Result<Self, AuthSetupError> {
+        let (key, algs) = if let Some(f) = &cfg.jwt_secret_file {
+            let secret = SecretSource::new(f.clone())
+                .read_bytes()
+                .map_err(|e| setup_err("jwt_secret_file", e))?;
+            if secret.expose_secret().len() < 32 {
+                return Err(setup_err(
+                    "jwt_secret_file",
+                    "the HS256 secret must be at least 32 bytes",
+                ));
+            }
+            (
+                DecodingKey::from_secret(secret.expose_secret()),
+                vec![Algorithm::HS256],
+            )
+        } else if let Some(f) = &cfg.jwt_public_key_file {
+            let pem = SecretSource::new(f.clone())
+                .read_bytes()
+                .map_err(|e| setup_err("jwt_public_key_file", e))?;
+            let pem = pem.expose_secret();
+            if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+                (k, vec![Algorithm::RS256])
+            } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+                (k, vec![Algorithm::ES256])
+            } else {
+                return Err(setup_err(
+                    "jwt_public_key_file",
+                    "not an RSA or EC P-256 public key in PEM",
+                ));
+            }
+        } else {
+            return Err(setup_err(
+                "jwt_secret_file",
+                "jwt_secret_file or jwt_public_key_file is required",
+            ));
+        };
+        let mut validation = Validation::new(algs[0]);
+        validation.algorithms = algs;
+        validation.set_issuer(&[cfg.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        validation.validate_aud = false;
+        Ok(Self {
+            key,
+            validation,
+            allowed_groups: cfg.allowed_groups.clone(),
+        })
+    }
+
+    pub fn verify(&self, header_value: Option<&str>) -> Result<Caller, ApiError> {
+        let raw = header_value.ok_or_else(|| {
+            ApiError::unauthorized("missing Authorization header; a Bearer token is required")
+        })?;
+        let token = raw
+            .strip_prefix("Bearer ")
+            .or_else(|| raw.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                let why = match e.kind() {
+                    K::ExpiredSignature => "token has expired",
+                    K::InvalidIssuer => "token issuer is not accepted",
+                    K::InvalidSignature => "token signature is invalid",
+                    K::InvalidAlgorithm => "token algorithm is not accepted",
+                    K::ImmatureSignature => "token is not valid yet",
+                    K::MissingRequiredClaim(_) => "token lacks a required claim",
+                    _ => "token is malformed",
+                };
+                ApiError::unauthorized(why)
+            })?;
+        let claims = data.claims;
+        let group = claims
+            .cust
+            .groups
+            .iter()
+            .find(|g| self.allowed_groups.iter().any(|a| a == *g))
+            .cloned();
+        match group {
+            Some(_) => Ok(Caller {
+                user: claims.sub,
+                groups: claims.cust.groups,
+            }),
+            None => Err(ApiError::forbidden(
+                "the token's groups do not allow this operation",
+            )),
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or(""));
+        let caller = state.auth.verify(header)?;
+        tracing::Span::current().record("user", caller.user.as_str());
+        Ok(caller)
+    }
+}
+
+/// Mints a token signed with the configured key (`hsm-bridge token`).
+pub fn mint(
+    cfg: &AuthConfig,
+    user: &str,
+    groups: &[String],
+    ttl_secs: u64,
+) -> Result<String, AuthSetupError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    let claims = Claims {
+        iss: cfg.issuer.clone(),
+        sub: user.to_owned(),
+        exp: now + ttl_secs,
+        iat: now,
+        nbf: Some(now),
+        jti: Some(uuid::Uuid::new_v4().to_string()),
+        cust: Cust {
+            groups: groups.to_vec(),
+            domain_id: None,
+        },
+    };
+    let (key, alg) = if let Some(f) = &cfg.jwt_secret_file {
+        let secret = SecretSource::new(f.clone())
+            .read_bytes()
+            .map_err(|e| setup_err("jwt_secret_file", e))?;
+        (
+            EncodingKey::from_secret(secret.expose_secret()),
+            Algorithm::HS256,
+        )
+    } else {
+        let f = cfg.jwt_private_key_file.as_ref().ok_or_else(|| {
+            setup_err(
+                "jwt_private_key_file",
+                "required to mint tokens when the daemon verifies with a public key",
+            )
+        })?;
+        let pem = SecretSource::new(f.clone())
+            .read_bytes()
+            .map_err(|e| setup_err("jwt_private_key_file", e))?;
+        let pem = pem.expose_secret();
+        if let Ok(k) = EncodingKey::from_rsa_pem(pem) {
+            (k, Algorithm::RS256)
+        } else if let Ok(k) = EncodingKey::from_ec_pem(pem) {
+            (k, Algorithm::ES256)
+        } else {
+            return Err(setup_err(
+                "jwt_private_key_file",
+                "not an RSA or EC P-256 private key in PEM",
+            ));
+        }
+    };
+    jsonwebtoken::encode(&Header::new(alg), &claims, &key)
+        .map_err(|e| setup_err("jwt_secret_file", e))
+}
+
+pub type SharedAuth = Arc<Authenticator>;

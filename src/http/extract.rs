@@ -1,0 +1,92 @@
+//! Extractors that answer malformed input in the API's error shape: JSON bodies with the path
+//! of the offending field, and query strings.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, ErrorCode};
+
+/// A JSON body; unknown fields, wrong types and syntax errors name the field at fault.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+            let ok = ct
+                .to_str()
+                .map(|v| {
+                    let v = v.to_ascii_lowercase();
+                    v.starts_with("application/json") || v.contains("+json")
+                })
+                .unwrap_or(false);
+            if !ok {
+                return Err(ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    "Content-Type must be application/json",
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            let code = ErrorCode::for_status(r.status());
+            let msg = if code == ErrorCode::PayloadTooLarge {
+                "request body is too large".to_owned()
+            } else {
+                "request body could not be read".to_owned()
+            };
+            ApiError::new(code, msg)
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "request body is empty; a JSON object is expected",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = if inner.is_syntax() || inner.is_eof() {
+            format!("malformed JSON: {inner}")
+        } else {
+            // serde's message names the field; strip its line/column noise.
+            let m = inner.to_string();
+            m.split(" at line ").next().unwrap_or(&m).to_owned()
+        };
+        if path == "." || inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(what)
+        } else {
+            ApiError::bad_request(format!("{path}: {what}"))
+        }
+    })
+}
+
+/// A query string; bad values are a 400 in the API's shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(q)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::bad_request(format!("query string: {e}")))
+    }
+}

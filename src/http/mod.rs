@@ -1,0 +1,153 @@
+//! HTTP: routing, the request context (request id, logging, error shape), authentication,
+//! and one file per resource.
+
+pub mod attempts;
+pub mod auth;
+pub mod aws_keys;
+pub mod error;
+pub mod extract;
+pub mod server;
+pub mod state;
+pub mod templates;
+pub mod upload;
+pub mod vault;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tracing::Instrument;
+
+use self::error::{ApiError, ErrorCode, REQUEST_ID, ShapedError};
+pub use self::state::AppState;
+
+/// The whole API. Tests build it around their own state.
+pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/api/v1/cckm/aws/upload-key", post(upload::upload_key))
+        .route("/api/v1/cckm/aws/keys", get(aws_keys::list))
+        .route("/api/v1/cckm/aws/keys/{id}", get(aws_keys::get_one))
+        .route(
+            "/api/v1/cckm/aws/templates",
+            post(templates::create).get(templates::list),
+        )
+        .route(
+            "/api/v1/cckm/aws/templates/{id}",
+            get(templates::get_one).delete(templates::delete),
+        )
+        .route("/api/v1/cckm/aws/kms", get(aws_keys::list_kms))
+        .route("/api/v1/cckm/aws/upload-attempts", get(attempts::list))
+        .route(
+            "/api/v1/cckm/aws/upload-attempts/{id}",
+            get(attempts::get_one),
+        )
+        .route("/api/v1/vault/keys2", post(vault::create).get(vault::list))
+        .route("/api/v1/vault/keys2/{id}", get(vault::get_one))
+        .route("/healthz", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
+        .with_state(state)
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no such route: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Gives every request an id (in error bodies, the `X-Request-ID` header and every log line),
+/// logs its outcome, and turns any error response not already in the CipherTrust shape
+/// (framework rejections, panics) into it.
+async fn request_context(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        user = tracing::field::Empty,
+    );
+    let rid = request_id.clone();
+    let mut resp = REQUEST_ID
+        .scope(request_id.clone(), next.run(req))
+        .instrument(span.clone())
+        .await;
+    let status = resp.status();
+    if status.is_client_error() || status.is_server_error() {
+        let shaped = resp.extensions().get::<ShapedError>().cloned();
+        let message = match &shaped {
+            Some(s) => s.message.clone(),
+            None => {
+                let code = ErrorCode::for_status(status);
+                let text = match status {
+                    StatusCode::INTERNAL_SERVER_ERROR => "unexpected error".to_owned(),
+                    s => s.canonical_reason().unwrap_or("error").to_owned(),
+                };
+                resp = (status, axum::Json(error::body(code, &text, &rid))).into_response();
+                text
+            }
+        };
+        let _enter = span.enter();
+        let detail = shaped.and_then(|s| s.detail);
+        if status.is_server_error() {
+            match (&detail, state.detailed_errors) {
+                (Some(d), true) => {
+                    tracing::error!(status = status.as_u16(), %message, detail = %d, "request failed")
+                }
+                _ => tracing::error!(status = status.as_u16(), %message, "request failed"),
+            }
+        } else {
+            match (&detail, state.detailed_errors) {
+                (Some(d), true) => {
+                    tracing::warn!(status = status.as_u16(), %message, detail = %d, "request refused")
+                }
+                _ => tracing::warn!(status = status.as_u16(), %message, "request refused"),
+            }
+        }
+    } else {
+        let _enter = span.enter();
+        tracing::info!(status = status.as_u16(), "request served");
+    }
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// `skip` and `limit` as CipherTrust lists take them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paging {
+    pub skip: Option<u32>,
+    pub limit: Option<u32>,
+}
+
+pub fn paging(skip: Option<u32>, limit: Option<u32>) -> Result<(u32, u32), ApiError> {
+    let limit = limit.unwrap_or(10);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("limit: 1 to 1000"));
+    }
+    Ok((skip.unwrap_or(0), limit))
+}

@@ -1,0 +1,184 @@
+//! The daemon: builds the state from the configuration, opens and self-tests the tokens,
+//! listens (TLS with rustls, or plain HTTP on loopback when configured), reports readiness to
+//! systemd, runs the cleaner, and shuts down gracefully on SIGTERM/SIGINT.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use super::app;
+use super::auth::Authenticator;
+use super::state::AppState;
+use crate::cckm::upload::{LiveAttempts, Uploader};
+use crate::cleanup::Cleaner;
+use crate::config::Config;
+use crate::kms::KmsRegistry;
+use crate::pkcs11::TokenSet;
+use crate::secrets::SecretSource;
+use crate::store::Store;
+use crate::tiers::Tiers;
+use crate::tiers::hsm_luna::HsmLunaTier;
+use crate::tiers::local::LocalTier;
+use crate::vault::Vault;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, ServeError> {
+    let (Some(cert), Some(key)) = (&cfg.server.tls_cert_file, &cfg.server.tls_key_file) else {
+        return Err(ServeError::Setup(
+            "config key `server.tls_cert_file`: required unless server.plaintext = true".into(),
+        ));
+    };
+    let cert_pem = std::fs::read(cert).map_err(|e| {
+        ServeError::Setup(format!(
+            "config key `server.tls_cert_file`: cannot read {}: {e}",
+            cert.display()
+        ))
+    })?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Setup(format!("config key `server.tls_cert_file`: {e}")))?;
+    if certs.is_empty() {
+        return Err(ServeError::Setup(
+            "config key `server.tls_cert_file`: no certificate in the file".into(),
+        ));
+    }
+    let key_pem = SecretSource::new(key.to_string_lossy().into_owned())
+        .read_bytes()
+        .map_err(|e| ServeError::Setup(format!("config key `server.tls_key_file`: {e}")))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.expose_secret().as_slice())
+        .map_err(|e| ServeError::Setup(format!("config key `server.tls_key_file`: {e}")))?
+        .ok_or_else(|| {
+            ServeError::Setup("config key `server.tls_key_file`: no private key in the file".into())
+        })?;
+    let mut sc = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Setup(format!("config key `server.tls_key_file`: {e}")))?;
+    sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(sc)
+}
+
+pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let tls = if cfg.server.plaintext {
+        None
+    } else {
+        Some(tls_config(&cfg)?)
+    };
+    let auth =
+        Authenticator::from_config(&cfg.auth).map_err(|e| ServeError::Setup(e.to_string()))?;
+    let store = Store::open(&cfg.store.path).map_err(|e| {
+        ServeError::Setup(format!(
+            "config key `store.path`: {}: {e}",
+            cfg.store.path.display()
+        ))
+    })?;
+    let token_cfg = cfg.clone();
+    let tokens = tokio::task::spawn_blocking(move || TokenSet::open(&token_cfg))
+        .await
+        .map_err(|e| ServeError::Setup(e.to_string()))?
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let tokens = Arc::new(tokens);
+    let kms = Arc::new(KmsRegistry::new(&cfg.kms));
+    let vault = Arc::new(Vault::new(tokens.vault().clone(), store.clone()));
+    let live = LiveAttempts::default();
+    let uploader = Arc::new(Uploader {
+        kms: kms.clone(),
+        store: store.clone(),
+        tiers: Tiers {
+            local: LocalTier::new(vault.clone()),
+            hsm_luna: HsmLunaTier::new(tokens.sources().cloned().collect()),
+        },
+        live: live.clone(),
+    });
+    let state = AppState {
+        auth: Arc::new(auth),
+        uploader,
+        vault,
+        store: store.clone(),
+        kms: kms.clone(),
+        tokens,
+        detailed_errors: cfg.logging.detailed_errors,
+    };
+    let router = app(state, cfg.server.max_body_bytes);
+
+    let listener =
+        std::net::TcpListener::bind(cfg.server.listen).map_err(|source| ServeError::Listen {
+            addr: cfg.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+
+    let cleaner = Cleaner { kms, store, live };
+    tokio::spawn(cleaner.run_forever(Duration::from_secs(cfg.cleanup.interval_secs)));
+
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(f) = &cfg.server.address_file {
+        std::fs::write(f, format!("{scheme}://{addr}\n"))?;
+    }
+    tracing::info!(%addr, scheme, "listening");
+    {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "hsm-bridge listening on {scheme}://{addr}");
+        let _ = out.flush();
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let service = router.into_make_service();
+    match tls {
+        Some(sc) => {
+            let rc = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(sc));
+            axum_server::from_tcp_rustls(listener, rc)?
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+        None => {
+            axum_server::from_tcp(listener)?
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process still ends on SIGTERM's default action.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

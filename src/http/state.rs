@@ -1,0 +1,21 @@
+//! What every handler can reach.
+
+use std::sync::Arc;
+
+use crate::cckm::upload::Uploader;
+use crate::http::auth::Authenticator;
+use crate::kms::KmsRegistry;
+use crate::pkcs11::TokenSet;
+use crate::store::Store;
+use crate::vault::Vault;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<Authenticator>,
+    pub uploader: Arc<Uploader>,
+    pub vault: Arc<Vault>,
+    pub store: Store,
+    pub kms: Arc<KmsRegistry>,
+    pub tokens: Arc<TokenSet>,
+    pub detailed_errors: bool,
+}

@@ -1,0 +1,61 @@
+//! `/api/v1/vault/keys2`: the local vault.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery};
+use super::{AppState, paging};
+use crate::store::vault::ListFilter;
+use crate::vault::CreateKeyBody;
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateKeyBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    tracing::info!(user = %caller.user, "vault key creation requested");
+    let k = state.vault.create(body).await?;
+    Ok((StatusCode::CREATED, Json(k)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultQuery {
+    name: Option<String>,
+    algorithm: Option<String>,
+    skip: Option<u32>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiQuery(q): ApiQuery<VaultQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (skip, limit) = paging(q.skip, q.limit)?;
+    Ok(Json(
+        state
+            .vault
+            .list(ListFilter {
+                name: q.name,
+                algorithm: q.algorithm,
+                skip,
+                limit,
+            })
+            .await?,
+    ))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.vault.get(&id).await?))
+}

@@ -1,0 +1,377 @@
+//! AWS KMS: one client per configured connection and region, the calls of the import flow,
+//! and the mapping of AWS failures to what the caller is told.
+
+pub mod error;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_kms::Client;
+use aws_sdk_kms::primitives::{Blob, DateTime};
+use aws_sdk_kms::types::{
+    AlgorithmSpec, ExpirationModelType, KeyMetadata, KeySpec as AwsKeySpec, KeyUsageType,
+    OriginType, Tag, WrappingKeySpec,
+};
+use tokio::sync::Mutex;
+
+pub use self::error::{KmsError, KmsErrorKind};
+use crate::cckm::spec::{KeySpec, KeyUsage, WrappingAlgorithm};
+use crate::config::KmsConfig;
+
+/// A configured KMS connection (`[[kms]]`).
+#[derive(Debug, Clone)]
+pub struct KmsConn {
+    pub cfg: KmsConfig,
+}
+
+impl KmsConn {
+    pub fn has_region(&self, region: &str) -> bool {
+        self.cfg.regions.iter().any(|r| r == region)
+    }
+}
+
+pub struct KmsRegistry {
+    conns: Vec<KmsConn>,
+    clients: Mutex<HashMap<(String, String), Client>>,
+}
+
+impl KmsRegistry {
+    pub fn new(cfgs: &[KmsConfig]) -> Self {
+        Self {
+            conns: cfgs.iter().cloned().map(|cfg| KmsConn { cfg }).collect(),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// By name, else by id.
+    pub fn find(&self, name_or_id: &str) -> Option<&KmsConn> {
+        self.conns
+            .iter()
+            .find(|c| c.cfg.name == name_or_id)
+            .or_else(|| self.conns.iter().find(|c| c.cfg.id == name_or_id))
+    }
+
+    pub fn all(&self) -> &[KmsConn] {
+        &self.conns
+    }
+
+    pub async fn client(&self, conn: &KmsConn, region: &str) -> Client {
+        let key = (conn.cfg.id.clone(), region.to_owned());
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&key) {
+            return c.clone();
+        }
+        let c = build_client(&conn.cfg, region).await;
+        clients.insert(key, c.clone());
+        c
+    }
+}
+
+async fn build_client(cfg: &KmsConfig, region: &str) -> Client {
+    let timeouts = TimeoutConfig::builder()
+        .operation_timeout(Duration::from_secs(cfg.operation_timeout_secs))
+        .connect_timeout(Duration::from_secs(5))
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts))
+        .timeout_config(timeouts);
+    if let Some(p) = &cfg.profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(u) = &cfg.endpoint_url {
+        loader = loader.endpoint_url(u);
+    }
+    let base = loader.load().await;
+    let sdk = match &cfg.assume_role_arn {
+        Some(arn) => {
+            let provider = aws_config::sts::AssumeRoleProvider::builder(arn)
+                .session_name("hsm-bridge")
+                .region(Region::new(region.to_owned()))
+                .configure(&base)
+                .build()
+                .await;
+            base.into_builder()
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+                )
+                .build()
+        }
+        None => base,
+    };
+    Client::new(&sdk)
+}
+
+fn aws_spec(s: KeySpec) -> AwsKeySpec {
+    AwsKeySpec::from(s.as_str())
+}
+
+fn aws_usage(u: KeyUsage) -> KeyUsageType {
+    KeyUsageType::from(u.as_str())
+}
+
+pub struct CreateKeyInput<'a> {
+    pub spec: KeySpec,
+    pub usage: KeyUsage,
+    pub description: &'a str,
+    pub policy: &'a str,
+    pub bypass_lockout: bool,
+    pub multi_region: bool,
+    pub tags: &'a [(String, String)],
+}
+
+pub async fn create_key(
+    client: &Client,
+    input: CreateKeyInput<'_>,
+) -> Result<KeyMetadata, KmsError> {
+    let mut req = client
+        .create_key()
+        .key_spec(aws_spec(input.spec))
+        .key_usage(aws_usage(input.usage))
+        .origin(OriginType::External)
+        .description(input.description)
+        .policy(input.policy)
+        .bypass_policy_lockout_safety_check(input.bypass_lockout)
+        .multi_region(input.multi_region);
+    for (k, v) in input.tags {
+        let tag = Tag::builder()
+            .tag_key(k)
+            .tag_value(v)
+            .build()
+            .map_err(|e| KmsError::internal("CreateKey", e.to_string()))?;
+        req = req.tags(tag);
+    }
+    let out = req
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("CreateKey", e))?;
+    out.key_metadata
+        .ok_or_else(|| KmsError::upstream("CreateKey", "answer without key metadata"))
+}
+
+pub struct ImportParameters {
+    pub public_key_der: Vec<u8>,
+    pub import_token: Vec<u8>,
+}
+
+pub async fn get_parameters_for_import(
+    client: &Client,
+    key_id: &str,
+    alg: WrappingAlgorithm,
+    wrapping_key_spec: &str,
+) -> Result<ImportParameters, KmsError> {
+    let out = client
+        .get_parameters_for_import()
+        .key_id(key_id)
+        .wrapping_algorithm(AlgorithmSpec::from(alg.as_str()))
+        .wrapping_key_spec(WrappingKeySpec::from(wrapping_key_spec))
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("GetParametersForImport", e))?;
+    let public_key_der = out.public_key.map(Blob::into_inner).ok_or_else(|| {
+        KmsError::upstream("GetParametersForImport", "answer without a public key")
+    })?;
+    let import_token = out.import_token.map(Blob::into_inner).ok_or_else(|| {
+        KmsError::upstream("GetParametersForImport", "answer without an import token")
+    })?;
+    Ok(ImportParameters {
+        public_key_der,
+        import_token,
+    })
+}
+
+pub async fn import_key_material(
+    client: &Client,
+    key_id: &str,
+    params: &ImportParameters,
+    wrapped: Vec<u8>,
+    valid_to: Option<time::OffsetDateTime>,
+) -> Result<(), KmsError> {
+    let mut req = client
+        .import_key_material()
+        .key_id(key_id)
+        .import_token(Blob::new(params.import_token.clone()))
+        .encrypted_key_material(Blob::new(wrapped));
+    req = match valid_to {
+        Some(t) => req
+            .expiration_model(ExpirationModelType::KeyMaterialExpires)
+            .valid_to(DateTime::from_secs(t.unix_timestamp())),
+        None => req.expiration_model(ExpirationModelType::KeyMaterialDoesNotExpire),
+    };
+    req.send()
+        .await
+        .map_err(|e| KmsError::from_sdk("ImportKeyMaterial", e))?;
+    Ok(())
+}
+
+pub async fn create_alias(client: &Client, alias: &str, key_id: &str) -> Result<(), KmsError> {
+    client
+        .create_alias()
+        .alias_name(alias)
+        .target_key_id(key_id)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("CreateAlias", e))?;
+    Ok(())
+}
+
+/// Whether an alias is taken, asked before anything is created.
+pub async fn alias_exists(client: &Client, alias: &str) -> Result<bool, KmsError> {
+    match client.describe_key().key_id(alias).send().await {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            let err = KmsError::from_sdk("DescribeKey", e);
+            if err.code.as_deref() == Some("NotFoundException") {
+                Ok(false)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Everything the record shows about a key, read back from AWS.
+pub struct KeyState {
+    pub metadata: KeyMetadata,
+    pub policy: String,
+    pub aliases: Vec<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+pub async fn read_state(client: &Client, key_id: &str) -> Result<KeyState, KmsError> {
+    let metadata = client
+        .describe_key()
+        .key_id(key_id)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("DescribeKey", e))?
+        .key_metadata
+        .ok_or_else(|| KmsError::upstream("DescribeKey", "answer without key metadata"))?;
+    let policy = client
+        .get_key_policy()
+        .key_id(key_id)
+        .policy_name("default")
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("GetKeyPolicy", e))?
+        .policy
+        .unwrap_or_default();
+    let mut aliases = Vec::new();
+    let mut marker = None;
+    loop {
+        let out = client
+            .list_aliases()
+            .key_id(key_id)
+            .set_marker(marker.take())
+            .send()
+            .await
+            .map_err(|e| KmsError::from_sdk("ListAliases", e))?;
+        aliases.extend(
+            out.aliases()
+                .iter()
+                .filter_map(|a| a.alias_name().map(str::to_owned)),
+        );
+        match (out.truncated, out.next_marker) {
+            (true, Some(m)) => marker = Some(m),
+            _ => break,
+        }
+    }
+    let mut tags = Vec::new();
+    let mut marker = None;
+    loop {
+        let out = client
+            .list_resource_tags()
+            .key_id(key_id)
+            .set_marker(marker.take())
+            .send()
+            .await
+            .map_err(|e| KmsError::from_sdk("ListResourceTags", e))?;
+        tags.extend(
+            out.tags()
+                .iter()
+                .map(|t| (t.tag_key().to_owned(), t.tag_value().to_owned())),
+        );
+        match (out.truncated, out.next_marker) {
+            (true, Some(m)) => marker = Some(m),
+            _ => break,
+        }
+    }
+    Ok(KeyState {
+        metadata,
+        policy,
+        aliases,
+        tags,
+    })
+}
+
+/// Schedules deletion at the shortest window AWS allows (7 days). A key already pending
+/// deletion counts as done.
+pub async fn schedule_deletion(
+    client: &Client,
+    key_id: &str,
+) -> Result<Option<DateTime>, KmsError> {
+    match client
+        .schedule_key_deletion()
+        .key_id(key_id)
+        .pending_window_in_days(7)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(out.deletion_date),
+        Err(e) => {
+            let err = KmsError::from_sdk("ScheduleKeyDeletion", e);
+            if err.code.as_deref() == Some("KMSInvalidStateException")
+                && err.message.contains("PendingDeletion")
+            {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Keys whose tag `tag_key` equals `value` (crash recovery; walks the region's keys).
+pub async fn find_keys_tagged(
+    client: &Client,
+    tag_key: &str,
+    value: &str,
+) -> Result<Vec<String>, KmsError> {
+    let mut found = Vec::new();
+    let mut marker = None;
+    loop {
+        let out = client
+            .list_keys()
+            .set_marker(marker.take())
+            .send()
+            .await
+            .map_err(|e| KmsError::from_sdk("ListKeys", e))?;
+        for k in out.keys() {
+            let Some(id) = k.key_id() else { continue };
+            let tags = client
+                .list_resource_tags()
+                .key_id(id)
+                .send()
+                .await
+                .map_err(|e| KmsError::from_sdk("ListResourceTags", e))?;
+            if tags
+                .tags()
+                .iter()
+                .any(|t| t.tag_key() == tag_key && t.tag_value() == value)
+            {
+                found.push(id.to_owned());
+            }
+        }
+        match (out.truncated, out.next_marker) {
+            (true, Some(m)) => marker = Some(m),
+            _ => break,
+        }
+    }
+    Ok(found)
+}
+
+pub type SharedKms = Arc<KmsRegistry>;

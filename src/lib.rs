@@ -1,0 +1,14 @@
+//! hsm-bridge: uploads keys into AWS KMS while their plaintext never leaves a PKCS#11 token.
+
+pub mod cckm;
+pub mod cleanup;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod kms;
+pub mod pkcs11;
+pub mod probe;
+pub mod secrets;
+pub mod store;
+pub mod tiers;
+pub mod vault;

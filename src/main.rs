@@ -1,0 +1,153 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hsm_bridge::config::Config;
+
+/// Uploads keys into AWS KMS while their plaintext never leaves a PKCS#11 token.
+#[derive(Parser)]
+#[command(name = "hsm-bridge", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: self-test the tokens, then serve the API.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Open every configured token, run its self-test and print what it proved.
+    Probe {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a Bearer token signed with the configured key.
+    Token {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The subject (user name) of the token.
+        #[arg(long)]
+        user: String,
+        /// A group the token carries in `cust.groups` (repeat for several).
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        /// Lifetime in seconds (default: auth.token_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Check the configuration and exit.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("hsm-bridge: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.logging.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.logging.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("hsm-bridge: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(hsm_bridge::http::server::serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "hsm-bridge stopped");
+                    eprintln!("hsm-bridge: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Probe { config, json } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg);
+            match hsm_bridge::probe::run(&cfg) {
+                Ok(report) => {
+                    if json {
+                        println!("{report:#}");
+                    } else {
+                        print!("{}", hsm_bridge::probe::render(&report));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hsm-bridge: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Token {
+            config,
+            user,
+            groups,
+            ttl,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let ttl = ttl.unwrap_or(cfg.auth.token_ttl_secs);
+            match hsm_bridge::http::auth::mint(&cfg.auth, &user, &groups, ttl) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hsm-bridge: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::CheckConfig { config } => match load(&config) {
+            Ok(_) => {
+                println!("hsm-bridge: {} is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+    }
+}

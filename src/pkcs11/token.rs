@@ -1,0 +1,298 @@
+//! One configured token: found by label or serial (never by slot number), with a bounded pool
+//! of sessions logged in once. Every call runs on the blocking pool, off the async runtime.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+
+use super::error::TokenError;
+use super::profile::{LoginUser, Profile};
+use super::selftest::Capabilities;
+use crate::config::{TokenConfig, TokenRole};
+
+/// Loads each PKCS#11 module once per process and initialises it once.
+#[derive(Default)]
+pub struct Modules {
+    loaded: Mutex<HashMap<PathBuf, Pkcs11>>,
+}
+
+impl Modules {
+    pub fn get(&self, path: &Path) -> Result<Pkcs11, TokenError> {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .map_err(|_| TokenError::Worker("module registry poisoned".into()))?;
+        if let Some(p) = loaded.get(path) {
+            return Ok(p.clone());
+        }
+        let p = Pkcs11::new(path).map_err(|e| TokenError::Library {
+            op: "loading the PKCS#11 module",
+            message: format!("{}: {e}", path.display()),
+        })?;
+        match p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(TokenError::ck("C_Initialize")(e)),
+        }
+        loaded.insert(path.to_owned(), p.clone());
+        Ok(p)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Locator {
+    Label(String),
+    Serial(String),
+}
+
+impl std::fmt::Display for Locator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Locator::Label(l) => write!(f, "label \"{l}\""),
+            Locator::Serial(s) => write!(f, "serial \"{s}\""),
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenIdent {
+    pub label: String,
+    pub serial: String,
+    pub model: String,
+    pub manufacturer: String,
+}
+
+fn find_slot(pkcs11: &Pkcs11, locator: &Locator) -> Result<(Slot, TokenIdent), TokenError> {
+    let slots = pkcs11
+        .get_slots_with_token()
+        .map_err(TokenError::ck("C_GetSlotList"))?;
+    let mut found = Vec::new();
+    for slot in slots {
+        let info = match pkcs11.get_token_info(slot) {
+            Ok(i) => i,
+            // A slot whose token vanished between the two calls.
+            Err(_) => continue,
+        };
+        let ident = TokenIdent {
+            label: info.label().trim().to_owned(),
+            serial: info.serial_number().trim().to_owned(),
+            model: info.model().trim().to_owned(),
+            manufacturer: info.manufacturer_id().trim().to_owned(),
+        };
+        let hit = match locator {
+            Locator::Label(l) => ident.label == l.trim(),
+            Locator::Serial(s) => ident.serial == s.trim(),
+        };
+        if hit {
+            found.push((slot, ident));
+        }
+    }
+    match found.len() {
+        0 => Err(TokenError::TokenNotFound(locator.to_string())),
+        1 => Ok(found.remove(0)),
+        n => Err(TokenError::Refused(format!(
+            "{n} tokens have {locator}; use token_serial to choose one"
+        ))),
+    }
+}
+
+pub struct Token {
+    pub name: String,
+    pub role: TokenRole,
+    pub profile: Profile,
+    pub module: PathBuf,
+    pub kek_label: String,
+    inner: Arc<Inner>,
+    caps: OnceLock<Capabilities>,
+}
+
+struct Inner {
+    name: String,
+    pkcs11: Pkcs11,
+    locator: Locator,
+    place: Mutex<(Slot, TokenIdent)>,
+    pin: SecretString,
+    user_type: UserType,
+    idle: Mutex<Vec<Session>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Token {
+    pub fn open(modules: &Modules, cfg: &TokenConfig) -> Result<Self, TokenError> {
+        let profile = crate::pkcs11::profile::Profile::load(&cfg.profile)
+            .map_err(|e| TokenError::Refused(e.to_string()))?;
+        let pin = cfg
+            .pin_source()
+            .read_string()
+            .map_err(|e| TokenError::Refused(format!("token {}: {e}", cfg.name)))?;
+        let pkcs11 = modules.get(&cfg.module)?;
+        let locator = match (&cfg.token_label, &cfg.token_serial) {
+            (_, Some(s)) => Locator::Serial(s.clone()),
+            (Some(l), None) => Locator::Label(l.clone()),
+            (None, None) => {
+                return Err(TokenError::Refused("no token_label or token_serial".into()));
+            }
+        };
+        let place = find_slot(&pkcs11, &locator)?;
+        let login = match cfg.login_user.as_deref() {
+            Some("crypto-user") => LoginUser::CryptoUser,
+            Some(_) => LoginUser::User,
+            None => profile.login_user,
+        };
+        let user_type = match login {
+            LoginUser::User => UserType::User,
+            LoginUser::CryptoUser => UserType::VendorExtension(0x8000_0001),
+        };
+        let inner = Arc::new(Inner {
+            name: cfg.name.clone(),
+            pkcs11,
+            locator,
+            place: Mutex::new(place),
+            pin,
+            user_type,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(cfg.sessions)),
+        });
+        // Log in now so that a wrong PIN stops the start, not the first request.
+        inner.with_session(|_| Ok(()))?;
+        Ok(Token {
+            name: cfg.name.clone(),
+            role: cfg.role,
+            profile,
+            module: cfg.module.clone(),
+            kek_label: cfg.kek_label.clone(),
+            inner,
+            caps: OnceLock::new(),
+        })
+    }
+
+    pub fn ident(&self) -> TokenIdent {
+        self.inner
+            .place
+            .lock()
+            .map(|p| p.1.clone())
+            .unwrap_or_else(|p| p.into_inner().1.clone())
+    }
+
+    pub fn set_capabilities(&self, caps: Capabilities) {
+        let _ = self.caps.set(caps);
+    }
+
+    pub fn capabilities(&self) -> Option<&Capabilities> {
+        self.caps.get()
+    }
+
+    /// Runs `f` with a pooled, logged-in session on the blocking pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, TokenError>
+    where
+        F: FnOnce(&Session) -> Result<T, TokenError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| TokenError::Worker(e.to_string()))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            inner.with_session(f)
+        })
+        .await
+        .map_err(|e| TokenError::Worker(e.to_string()))?
+    }
+
+    /// The same, for callers already on a blocking thread (start-up, CLI).
+    pub fn run_blocking<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        self.inner.with_session(f)
+    }
+}
+
+impl Inner {
+    fn with_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        let session = self.checkout()?;
+        let result = f(&session);
+        match &result {
+            Err(e) if e.poisons_session() => {
+                drop(session);
+                if e.needs_rediscovery() {
+                    self.rediscover();
+                }
+            }
+            _ => self.checkin(session),
+        }
+        result
+    }
+
+    fn checkout(&self) -> Result<Session, TokenError> {
+        loop {
+            let candidate = self.idle.lock().ok().and_then(|mut v| v.pop());
+            match candidate {
+                // A session the token closed behind our back is dropped, not reused.
+                Some(s) if s.get_session_info().is_ok() => return Ok(s),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let slot =
+            self.place.lock().map(|p| p.0).map_err(|_| {
+                TokenError::Worker(format!("token {}: slot state poisoned", self.name))
+            })?;
+        let session = match self.pkcs11.open_rw_session(slot) {
+            Ok(s) => s,
+            Err(e) => {
+                let err = TokenError::ck("C_OpenSession")(e);
+                if matches!(
+                    err.rv(),
+                    Some(
+                        RvError::SlotIdInvalid | RvError::TokenNotPresent | RvError::DeviceRemoved
+                    )
+                ) {
+                    self.rediscover();
+                }
+                return Err(err);
+            }
+        };
+        match session.login(self.user_type, Some(&self.pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            Err(e) => Err(TokenError::ck("C_Login")(e)),
+        }
+    }
+
+    fn checkin(&self, session: Session) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(session);
+        }
+    }
+
+    /// After a device error: forget every idle session and look the token up again, since
+    /// its slot id may have changed.
+    fn rediscover(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+        match find_slot(&self.pkcs11, &self.locator) {
+            Ok(place) => {
+                if let Ok(mut p) = self.place.lock() {
+                    *p = place;
+                }
+                tracing::warn!(token = %self.name, "token looked up again after a device error");
+            }
+            Err(e) => tracing::error!(token = %self.name, error = %e, "token not found again"),
+        }
+    }
+}

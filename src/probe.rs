@@ -1,0 +1,93 @@
+//! `hsm-bridge probe`: opens every configured token, runs its self-test and prints what it
+//! proved, so an operator sees what the daemon would use before starting it.
+
+use serde_json::{Value, json};
+
+use crate::config::{Config, TokenRole};
+use crate::pkcs11::{TokenError, TokenSet};
+
+pub fn run(cfg: &Config) -> Result<Value, TokenError> {
+    let set = TokenSet::open(cfg)?;
+    let tokens: Vec<Value> = set
+        .all()
+        .iter()
+        .map(|t| {
+            let ident = t.ident();
+            let caps = t.capabilities();
+            json!({
+                "name": t.name,
+                "role": match t.role { TokenRole::Bridge => "bridge", TokenRole::Source => "source" },
+                "module": t.module.display().to_string(),
+                "profile": t.profile.family,
+                "label": ident.label,
+                "serial": ident.serial,
+                "model": ident.model,
+                "manufacturer": ident.manufacturer,
+                "proven": caps.map(|c| c.summary()),
+                "wrap_methods": caps.map(|c| c.oaep.iter().map(|h| format!("RSAES_OAEP_{}", crate::pkcs11::selftest::aws_hash(*h))).collect::<Vec<_>>()),
+                "vault_storage": caps.and_then(|c| c.storage.as_ref()).map(|s| json!({
+                    "mechanism": s.mechanism.name(),
+                    "exact_lengths": crate::pkcs11::selftest::describe_lengths(&s.exact_lengths),
+                })),
+                "findings": caps.map(|c| &c.findings),
+            })
+        })
+        .collect();
+    Ok(json!({ "tokens": tokens }))
+}
+
+/// The human-readable form.
+pub fn render(report: &Value) -> String {
+    let mut out = String::new();
+    for t in report["tokens"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "token {} ({}, profile {}): label \"{}\", serial {}, {} {}\n",
+            t["name"].as_str().unwrap_or(""),
+            t["role"].as_str().unwrap_or(""),
+            t["profile"].as_str().unwrap_or(""),
+            t["label"].as_str().unwrap_or(""),
+            t["serial"].as_str().unwrap_or(""),
+            t["manufacturer"].as_str().unwrap_or(""),
+            t["model"].as_str().unwrap_or(""),
+        ));
+        out.push_str(&format!(
+            "  module: {}\n",
+            t["module"].as_str().unwrap_or("")
+        ));
+        let methods: Vec<&str> = t["wrap_methods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!(
+            "  AWS wrap methods proven: {}\n",
+            if methods.is_empty() {
+                "none".to_owned()
+            } else {
+                methods.join(", ")
+            }
+        ));
+        if let Some(s) = t["vault_storage"].as_object() {
+            out.push_str(&format!(
+                "  vault storage: {} ({})\n",
+                s["mechanism"].as_str().unwrap_or(""),
+                s["exact_lengths"].as_str().unwrap_or("")
+            ));
+        }
+        out.push_str("  self-test:\n");
+        for f in t["findings"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "    [{}] {}: {}\n",
+                if f["proven"].as_bool() == Some(true) {
+                    "proven"
+                } else {
+                    "refused"
+                },
+                f["method"].as_str().unwrap_or(""),
+                f["detail"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,201 @@
+//! Upload attempts: every upload is recorded before its AWS key is created, so that a key
+//! left half-made by a failure (or by the daemon dying) is found and scheduled for deletion.
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{StoreError, now_rfc3339};
+
+/// Where an attempt stands.
+pub mod state {
+    /// Recorded; `CreateKey` may be under way.
+    pub const CREATING: &str = "creating";
+    /// The AWS key exists; the flow is running.
+    pub const IN_PROGRESS: &str = "in_progress";
+    pub const COMPLETED: &str = "completed";
+    /// Failed after `CreateKey`; the key still has to be scheduled for deletion.
+    pub const CLEANUP_PENDING: &str = "cleanup_pending";
+    /// Failed; the half-made key is scheduled for deletion.
+    pub const CLEANED: &str = "cleaned";
+    /// Failed before any AWS key existed.
+    pub const FAILED: &str = "failed";
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub id: String,
+    #[serde(rename = "requestID")]
+    pub request_id: String,
+    pub kms_id: String,
+    pub kms: String,
+    pub region: String,
+    pub source_key_tier: String,
+    pub source_key_identifier: String,
+    pub aws_key_id: Option<String>,
+    pub aws_key_arn: Option<String>,
+    pub stage: String,
+    pub state: String,
+    pub error: Option<String>,
+    pub cleanup_error: Option<String>,
+    pub cleanup_tries: u32,
+    pub deletion_date: Option<String>,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "updatedAt")]
+    pub updated_at: String,
+}
+
+const COLUMNS: &str = "id, request_id, kms_id, kms_name, region, source_tier, source_key, aws_key_id, \
+    aws_key_arn, stage, state, error, cleanup_error, cleanup_tries, deletion_date, created_at, updated_at";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
+    Ok(Attempt {
+        id: r.get(0)?,
+        request_id: r.get(1)?,
+        kms_id: r.get(2)?,
+        kms: r.get(3)?,
+        region: r.get(4)?,
+        source_key_tier: r.get(5)?,
+        source_key_identifier: r.get(6)?,
+        aws_key_id: r.get(7)?,
+        aws_key_arn: r.get(8)?,
+        stage: r.get(9)?,
+        state: r.get(10)?,
+        error: r.get(11)?,
+        cleanup_error: r.get(12)?,
+        cleanup_tries: r.get(13)?,
+        deletion_date: r.get(14)?,
+        created_at: r.get(15)?,
+        updated_at: r.get(16)?,
+    })
+}
+
+pub struct NewAttempt {
+    pub id: String,
+    pub request_id: String,
+    pub kms_id: String,
+    pub kms_name: String,
+    pub region: String,
+    pub source_tier: String,
+    pub source_key: String,
+}
+
+pub fn begin(conn: &rusqlite::Connection, a: &NewAttempt) -> Result<(), StoreError> {
+    let now = now_rfc3339();
+    conn.execute(
+        "INSERT INTO upload_attempts (id, request_id, kms_id, kms_name, region, source_tier, source_key, \
+         stage, state, created_at, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,'CreateKey',?8,?9,?9)",
+        params![
+            a.id,
+            a.request_id,
+            a.kms_id,
+            a.kms_name,
+            a.region,
+            a.source_tier,
+            a.source_key,
+            state::CREATING,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn key_created(
+    conn: &rusqlite::Connection,
+    id: &str,
+    key_id: &str,
+    arn: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE upload_attempts SET aws_key_id = ?2, aws_key_arn = ?3, state = ?4, updated_at = ?5 WHERE id = ?1",
+        params![id, key_id, arn, state::IN_PROGRESS, now_rfc3339()],
+    )?;
+    Ok(())
+}
+
+pub fn stage(conn: &rusqlite::Connection, id: &str, stage: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE upload_attempts SET stage = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, stage, now_rfc3339()],
+    )?;
+    Ok(())
+}
+
+pub fn finish(
+    conn: &rusqlite::Connection,
+    id: &str,
+    new_state: &str,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE upload_attempts SET state = ?2, error = COALESCE(?3, error), updated_at = ?4 WHERE id = ?1",
+        params![id, new_state, error, now_rfc3339()],
+    )?;
+    Ok(())
+}
+
+pub fn cleanup_result(
+    conn: &rusqlite::Connection,
+    id: &str,
+    outcome: Result<Option<&str>, &str>,
+) -> Result<(), StoreError> {
+    let now = now_rfc3339();
+    match outcome {
+        Ok(deletion_date) => conn.execute(
+            "UPDATE upload_attempts SET state = ?2, deletion_date = ?3, cleanup_error = NULL, \
+             cleanup_tries = cleanup_tries + 1, updated_at = ?4 WHERE id = ?1",
+            params![id, state::CLEANED, deletion_date, now],
+        )?,
+        Err(e) => conn.execute(
+            "UPDATE upload_attempts SET state = ?2, cleanup_error = ?3, cleanup_tries = cleanup_tries + 1, \
+             updated_at = ?4 WHERE id = ?1",
+            params![id, state::CLEANUP_PENDING, e, now],
+        )?,
+    };
+    Ok(())
+}
+
+pub fn get(conn: &rusqlite::Connection, id: &str) -> Result<Option<Attempt>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM upload_attempts WHERE id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()?)
+}
+
+pub fn in_states(conn: &rusqlite::Connection, states: &[&str]) -> Result<Vec<Attempt>, StoreError> {
+    let mut out = Vec::new();
+    for s in states {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM upload_attempts WHERE state = ?1 ORDER BY created_at"
+        ))?;
+        let rows = stmt
+            .query_map([s], from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+pub fn list(
+    conn: &rusqlite::Connection,
+    state_filter: Option<&str>,
+    skip: u32,
+    limit: u32,
+) -> Result<(u64, Vec<Attempt>), StoreError> {
+    let total: u64 = conn.query_row(
+        "SELECT COUNT(*) FROM upload_attempts WHERE ?1 IS NULL OR state = ?1",
+        [state_filter],
+        |r| r.get(0),
+    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM upload_attempts WHERE ?1 IS NULL OR state = ?1 \
+         ORDER BY created_at DESC, id LIMIT ?2 OFFSET ?3"
+    ))?;
+    let rows = stmt
+        .query_map(params![state_filter, limit, skip], from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((total, rows))
+}

@@ -1,0 +1,153 @@
+//! Embedded SQLite store: vault keys (wrapped under the KEK), AWS key records, policy
+//! templates and upload attempts. Calls run on the blocking pool.
+
+pub mod attempts;
+pub mod aws_keys;
+pub mod templates;
+pub mod vault;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store: record is unreadable: {0}")]
+    Corrupt(String),
+    #[error("store worker stopped: {0}")]
+    Worker(String),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE vault_keys (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    algorithm     TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    kind          TEXT NOT NULL,
+    value_len     INTEGER NOT NULL,
+    usage_mask    INTEGER NOT NULL,
+    origin        TEXT NOT NULL,
+    wrapped       BLOB NOT NULL,
+    wrap_mechanism INTEGER NOT NULL,
+    kek_label     TEXT NOT NULL,
+    kek_id        BLOB NOT NULL,
+    token_serial  TEXT NOT NULL,
+    public_key    TEXT,
+    extra         TEXT NOT NULL DEFAULT '{}',
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+);
+CREATE TABLE aws_keys (
+    id          TEXT PRIMARY KEY,
+    key_id      TEXT NOT NULL,
+    arn         TEXT NOT NULL,
+    kms_id      TEXT NOT NULL,
+    region      TEXT NOT NULL,
+    aliases     TEXT NOT NULL,
+    record      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE INDEX aws_keys_key_id ON aws_keys(key_id);
+CREATE TABLE policy_templates (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    record      TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE upload_attempts (
+    id            TEXT PRIMARY KEY,
+    request_id    TEXT NOT NULL,
+    kms_id        TEXT NOT NULL,
+    kms_name      TEXT NOT NULL,
+    region        TEXT NOT NULL,
+    source_tier   TEXT NOT NULL,
+    source_key    TEXT NOT NULL,
+    aws_key_id    TEXT,
+    aws_key_arn   TEXT,
+    stage         TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    error         TEXT,
+    cleanup_error TEXT,
+    cleanup_tries INTEGER NOT NULL DEFAULT 0,
+    deletion_date TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+);
+CREATE INDEX upload_attempts_state ON upload_attempts(state);
+"#];
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let fresh = !path.exists();
+        let conn = Connection::open(path)?;
+        #[cfg(unix)]
+        if fresh {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        #[cfg(not(unix))]
+        let _ = fresh;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Worker("connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
+
+pub fn now_rfc3339() -> String {
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+pub fn format_time(t: time::OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,138 @@
+//! Vault keys as stored: metadata plus the key wrapped under the bridge token's KEK.
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::StoreError;
+
+#[derive(Debug, Clone)]
+pub struct VaultKeyRow {
+    pub id: String,
+    pub name: String,
+    pub algorithm: String,
+    pub size: u32,
+    pub kind: String,
+    pub value_len: u32,
+    pub usage_mask: u32,
+    pub origin: String,
+    pub wrapped: Vec<u8>,
+    pub wrap_mechanism: u64,
+    pub kek_label: String,
+    pub kek_id: Vec<u8>,
+    pub token_serial: String,
+    pub public_key: Option<String>,
+    /// meta, labels and flags the caller gave, echoed back.
+    pub extra: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const COLUMNS: &str = "id, name, algorithm, size, kind, value_len, usage_mask, origin, wrapped, \
+    wrap_mechanism, kek_label, kek_id, token_serial, public_key, extra, created_at, updated_at";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<VaultKeyRow> {
+    Ok(VaultKeyRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        algorithm: r.get(2)?,
+        size: r.get(3)?,
+        kind: r.get(4)?,
+        value_len: r.get(5)?,
+        usage_mask: r.get(6)?,
+        origin: r.get(7)?,
+        wrapped: r.get(8)?,
+        wrap_mechanism: r.get::<_, i64>(9)? as u64,
+        kek_label: r.get(10)?,
+        kek_id: r.get(11)?,
+        token_serial: r.get(12)?,
+        public_key: r.get(13)?,
+        extra: r.get(14)?,
+        created_at: r.get(15)?,
+        updated_at: r.get(16)?,
+    })
+}
+
+/// Inserts a key; `Ok(false)` when the name is taken.
+pub fn insert(conn: &rusqlite::Connection, k: &VaultKeyRow) -> Result<bool, StoreError> {
+    let res = conn.execute(
+        &format!("INSERT INTO vault_keys ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"),
+        params![
+            k.id,
+            k.name,
+            k.algorithm,
+            k.size,
+            k.kind,
+            k.value_len,
+            k.usage_mask,
+            k.origin,
+            k.wrapped,
+            k.wrap_mechanism as i64,
+            k.kek_label,
+            k.kek_id,
+            k.token_serial,
+            k.public_key,
+            k.extra,
+            k.created_at,
+            k.updated_at
+        ],
+    );
+    match res {
+        Ok(_) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// By id, else by name.
+pub fn get(
+    conn: &rusqlite::Connection,
+    id_or_name: &str,
+) -> Result<Option<VaultKeyRow>, StoreError> {
+    let by_id = conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM vault_keys WHERE id = ?1"),
+            [id_or_name],
+            from_row,
+        )
+        .optional()?;
+    if by_id.is_some() {
+        return Ok(by_id);
+    }
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM vault_keys WHERE name = ?1"),
+            [id_or_name],
+            from_row,
+        )
+        .optional()?)
+}
+
+pub struct ListFilter {
+    pub name: Option<String>,
+    pub algorithm: Option<String>,
+    pub skip: u32,
+    pub limit: u32,
+}
+
+pub fn list(
+    conn: &rusqlite::Connection,
+    f: &ListFilter,
+) -> Result<(u64, Vec<VaultKeyRow>), StoreError> {
+    let where_sql =
+        "WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR lower(algorithm) = lower(?2))";
+    let total: u64 = conn.query_row(
+        &format!("SELECT COUNT(*) FROM vault_keys {where_sql}"),
+        params![f.name, f.algorithm],
+        |r| r.get(0),
+    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM vault_keys {where_sql} ORDER BY created_at DESC, id LIMIT ?3 OFFSET ?4"
+    ))?;
+    let rows = stmt
+        .query_map(params![f.name, f.algorithm, f.limit, f.skip], from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((total, rows))
+}

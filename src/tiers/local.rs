@@ -1,0 +1,82 @@
+//! `local`: a key of this bridge's own vault, unwrapped from the store into the bridge token.
+
+use std::sync::Arc;
+
+use cryptoki::session::Session;
+
+use super::{InToken, Materialize, ResolvedSource, Tier, check_secret_len};
+use crate::cckm::spec::KeySpec;
+use crate::error::DomainError;
+use crate::pkcs11::TokenError;
+use crate::store::vault::VaultKeyRow;
+use crate::vault::{Vault, VaultAlgorithm};
+
+pub struct LocalTier {
+    vault: Arc<Vault>,
+}
+
+impl LocalTier {
+    pub fn new(vault: Arc<Vault>) -> Self {
+        Self { vault }
+    }
+}
+
+struct StoredKey(VaultKeyRow);
+
+impl Materialize for StoredKey {
+    fn materialize<'s>(&self, session: &'s Session) -> Result<InToken<'s>, TokenError> {
+        crate::vault::unwrap_into(session, &self.0).map(InToken::Transient)
+    }
+}
+
+impl Tier for LocalTier {
+    async fn resolve(
+        &self,
+        identifier: &str,
+        spec: KeySpec,
+    ) -> Result<ResolvedSource, DomainError> {
+        let row = self.vault.get_row(identifier).await?.ok_or_else(|| {
+            DomainError::NotFound(format!(
+                "source_key_identifier: no vault key `{identifier}`"
+            ))
+        })?;
+        let algorithm = VaultAlgorithm::parse(&row.algorithm).ok_or_else(|| {
+            DomainError::Internal(format!("vault key {} has unknown algorithm", row.id))
+        })?;
+        if algorithm.spec() != spec {
+            return Err(DomainError::Invalid(format!(
+                "aws_param.CustomerMasterKeySpec: {spec} does not match vault key `{}` ({} {} bits, uploadable as {})",
+                row.name,
+                row.algorithm,
+                row.size,
+                algorithm.spec()
+            )));
+        }
+        check_secret_len(
+            spec,
+            row.value_len as usize,
+            &format!("vault key `{}`", row.name),
+        )?;
+        let extra: serde_json::Value = serde_json::from_str(&row.extra).unwrap_or_default();
+        if extra.get("unexportable").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(DomainError::Unprocessable(format!(
+                "vault key `{}` is marked unexportable",
+                row.name
+            )));
+        }
+        let token = self.vault.token().clone();
+        let serial = token.ident().serial;
+        if row.token_serial != serial {
+            return Err(DomainError::Unprocessable(format!(
+                "vault key `{}` is kept under the KEK of token serial {}, not of the configured bridge token (serial {serial})",
+                row.name, row.token_serial
+            )));
+        }
+        Ok(ResolvedSource {
+            token,
+            local_key_id: row.id.clone(),
+            local_key_name: row.name.clone(),
+            material: Arc::new(StoredKey(row)),
+        })
+    }
+}

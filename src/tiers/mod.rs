@@ -1,0 +1,98 @@
+//! Source tiers. Each resolves a `source_key_identifier` into a key that can be made
+//! resident in a token, without creating anything; the AWS wrap is then common to all tiers.
+
+pub mod hsm_luna;
+pub mod local;
+
+use std::sync::Arc;
+
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+
+use crate::cckm::spec::{KeySpec, SourceTier};
+use crate::error::DomainError;
+use crate::pkcs11::ops::SessionObject;
+use crate::pkcs11::{Token, TokenError};
+
+/// A key made resident in a session: already there, or unwrapped for this operation only.
+pub enum InToken<'s> {
+    Resident(ObjectHandle),
+    Transient(SessionObject<'s>),
+}
+
+impl InToken<'_> {
+    pub fn handle(&self) -> ObjectHandle {
+        match self {
+            InToken::Resident(h) => *h,
+            InToken::Transient(o) => o.handle(),
+        }
+    }
+}
+
+/// Brings a resolved source key into a session of its token.
+pub trait Materialize: Send + Sync {
+    fn materialize<'s>(&self, session: &'s Session) -> Result<InToken<'s>, TokenError>;
+}
+
+/// A source key found and checked against the requested key spec.
+pub struct ResolvedSource {
+    /// The token the key is (or will be made) resident in; the AWS wrap runs there.
+    pub token: Arc<Token>,
+    pub local_key_id: String,
+    pub local_key_name: String,
+    pub material: Arc<dyn Materialize>,
+}
+
+/// One tier: find the key, check it fits, create nothing.
+pub trait Tier: Send + Sync {
+    fn resolve(
+        &self,
+        identifier: &str,
+        spec: KeySpec,
+    ) -> impl std::future::Future<Output = Result<ResolvedSource, DomainError>> + Send;
+}
+
+pub struct Tiers {
+    pub local: local::LocalTier,
+    pub hsm_luna: hsm_luna::HsmLunaTier,
+}
+
+impl Tiers {
+    pub async fn resolve(
+        &self,
+        tier: SourceTier,
+        identifier: &str,
+        spec: KeySpec,
+    ) -> Result<ResolvedSource, DomainError> {
+        match tier {
+            SourceTier::Local => self.local.resolve(identifier, spec).await,
+            SourceTier::HsmLuna => self.hsm_luna.resolve(identifier, spec).await,
+            SourceTier::Dsm => Err(DomainError::Invalid(
+                "source_key_tier dsm: no Data Security Manager is configured on this bridge".into(),
+            )),
+            SourceTier::ExternalCm => Err(DomainError::Invalid(
+                "source_key_tier external-cm: no external CipherTrust Manager is configured on this bridge"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Checks a secret key's length against what AWS accepts for the spec.
+pub fn check_secret_len(spec: KeySpec, len: usize, what: &str) -> Result<(), DomainError> {
+    match spec.secret_len_range() {
+        Some(r) if r.contains(&len) => Ok(()),
+        Some(r) => Err(DomainError::Invalid(format!(
+            "{what} is {len} bytes but {spec} takes {}{} bytes",
+            r.start(),
+            if r.start() == r.end() {
+                String::new()
+            } else {
+                format!(" to {}", r.end())
+            }
+        ))),
+        None => Err(DomainError::Invalid(format!(
+            "{what} is a secret key; {spec} needs a private key"
+        ))),
+    }
+}
