@@ -146,8 +146,14 @@ pub fn now_rfc3339() -> String {
     format_time(time::OffsetDateTime::now_utc())
 }
 
+/// RFC 3339 in UTC with microseconds, as CipherTrust Manager writes its dates.
 pub fn format_time(t: time::OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&time::format_description::well_known::Rfc3339)
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let micros = t.microsecond();
+    t.replace_nanosecond(micros * 1000)
+        .unwrap_or(t)
+        .format(&time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        ))
         .unwrap_or_default()
 }

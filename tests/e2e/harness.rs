@@ -1,0 +1,829 @@
+//! Real parts for the end-to-end tests: SoftHSM2 tokens in a temporary directory, LocalStack's
+//! KMS on loopback, and the `hsm-bridge` daemon started on port 0. Nothing is mocked; a missing
+//! part fails the run loudly.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kms::Client as KmsClient;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hsm-bridge");
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const USER_PIN: &str = "1234-user-pin";
+pub const SO_PIN: &str = "5678-so-pin";
+pub const REGION: &str = "us-east-1";
+pub const OTHER_REGION: &str = "eu-west-1";
+
+/// What the whole test process shares: one SoftHSM2 configuration (each test gets its own
+/// tokens in it), one KMS emulator (each test gets its own AWS account in it).
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub softhsm_conf: PathBuf,
+    pub pkcs11: Pkcs11,
+    init_lock: Mutex<()>,
+    pub kms_endpoint: String,
+    emulator: Mutex<(Child, ChildStdin)>,
+    counter: AtomicU64,
+}
+
+static WORLD: OnceLock<World> = OnceLock::new();
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub fn world() -> &'static World {
+    WORLD.get_or_init(|| {
+        assert!(
+            Path::new(SOFTHSM_MODULE).exists(),
+            "SoftHSM2 is not installed ({SOFTHSM_MODULE} missing): run softhsm-test/install-deps.sh"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("hsm-bridge-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let tokens = dir.path().join("softhsm-tokens");
+        std::fs::create_dir_all(&tokens).expect("token dir");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            ),
+        )
+        .expect("softhsm2.conf");
+        // SAFETY: set once, inside this OnceLock initialiser, before the module is loaded;
+        // the other test threads wait on the same OnceLock and read nothing meanwhile.
+        unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+        let pkcs11 = Pkcs11::new(SOFTHSM_MODULE).expect("load SoftHSM2");
+        pkcs11
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .expect("C_Initialize");
+
+        let port = free_port();
+        let emu_dir = dir.path().join("kms-emulator");
+        std::fs::create_dir_all(&emu_dir).expect("emulator dir");
+        let mut child = Command::new("bash")
+            .arg(format!("{REPO}/softhsm-test/kms-emulator.sh"))
+            .arg("run")
+            .arg(port.to_string())
+            .arg(&emu_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the KMS emulator script");
+        let stdin = child.stdin.take().expect("emulator stdin");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("emulator stdout"))
+            .read_line(&mut line)
+            .expect("emulator output");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the KMS emulator did not start (is it installed? run softhsm-test/install-deps.sh); see {}",
+            emu_dir.join("emulator.log").display()
+        );
+        World {
+            dir,
+            softhsm_conf: conf,
+            pkcs11,
+            init_lock: Mutex::new(()),
+            kms_endpoint: format!("http://127.0.0.1:{port}"),
+            emulator: Mutex::new((child, stdin)),
+            counter: AtomicU64::new(0),
+        }
+    })
+}
+
+impl World {
+    pub fn next(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// A fresh 12-digit AWS account: LocalStack keeps each account's keys apart.
+    pub fn new_account(&self) -> String {
+        let n = self.next();
+        format!("{:06}{:06}", std::process::id() % 1_000_000, 100_000 + n)
+    }
+
+    /// Initialises a new token on the free slot and sets its user PIN.
+    pub fn init_token(&self, label: &str) {
+        let _g = self.init_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let free = self
+            .pkcs11
+            .get_slots_with_token()
+            .expect("slots")
+            .into_iter()
+            .find(|s| {
+                self.pkcs11
+                    .get_token_info(*s)
+                    .map(|i| !i.token_initialized())
+                    .unwrap_or(false)
+            })
+            .expect("a free SoftHSM2 slot");
+        self.pkcs11
+            .init_token(free, &AuthPin::from(SO_PIN.to_owned()), label)
+            .expect("C_InitToken");
+        let s = self.pkcs11.open_rw_session(free).expect("session");
+        s.login(UserType::So, Some(&AuthPin::from(SO_PIN.to_owned())))
+            .expect("SO login");
+        s.init_pin(&AuthPin::from(USER_PIN.to_owned()))
+            .expect("C_InitPIN");
+        s.logout().expect("logout");
+    }
+
+    pub fn slot(&self, label: &str) -> Slot {
+        self.pkcs11
+            .get_slots_with_token()
+            .expect("slots")
+            .into_iter()
+            .find(|s| {
+                self.pkcs11
+                    .get_token_info(*s)
+                    .map(|i| i.label() == label)
+                    .unwrap_or(false)
+            })
+            .unwrap_or_else(|| panic!("token {label} not found"))
+    }
+
+    /// A logged-in session on a token of this process.
+    pub fn session(&self, label: &str) -> Session {
+        let s = self
+            .pkcs11
+            .open_rw_session(self.slot(label))
+            .expect("session");
+        match s.login(UserType::User, Some(&AuthPin::from(USER_PIN.to_owned()))) {
+            Ok(()) => {}
+            Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => panic!("login: {e}"),
+        }
+        s
+    }
+}
+
+/// A bridge token and a source token of one test.
+pub struct Tokens {
+    pub bridge: String,
+    pub source: String,
+}
+
+impl Tokens {
+    pub fn new() -> Self {
+        let w = world();
+        let n = w.next();
+        let t = Tokens {
+            bridge: format!("bridge-{n}"),
+            source: format!("source-{n}"),
+        };
+        w.init_token(&t.bridge);
+        w.init_token(&t.source);
+        t
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Aes,
+    Hmac,
+}
+
+/// A secret key with known value in a token (as an HSM administrator would import one).
+pub fn put_secret(token: &str, label: &str, kind: Kind, value: &[u8], extractable: bool) -> Vec<u8> {
+    let s = world().session(token);
+    let id: [u8; 8] = rand::random();
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(if kind == Kind::Aes { KeyType::AES } else { KeyType::GENERIC_SECRET }),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(extractable),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+        Attribute::Value(value.to_vec()),
+    ];
+    if kind == Kind::Aes {
+        t.extend([Attribute::Encrypt(true), Attribute::Decrypt(true)]);
+    } else {
+        t.extend([Attribute::Sign(true), Attribute::Verify(true)]);
+    }
+    s.create_object(&t).expect("C_CreateObject");
+    id.to_vec()
+}
+
+/// A secret key generated inside a token; its value is never seen by the test.
+pub fn generate_secret(token: &str, label: &str, kind: Kind, len: usize) {
+    let s = world().session(token);
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(if kind == Kind::Aes { KeyType::AES } else { KeyType::GENERIC_SECRET }),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::ValueLen((len as u64).into()),
+    ];
+    if kind == Kind::Aes {
+        t.extend([Attribute::Encrypt(true), Attribute::Decrypt(true)]);
+    } else {
+        t.extend([Attribute::Sign(true), Attribute::Verify(true)]);
+    }
+    let mech = if kind == Kind::Aes {
+        Mechanism::AesKeyGen
+    } else {
+        Mechanism::GenericSecretKeyGen
+    };
+    s.generate_key(&mech, &t).expect("C_GenerateKey");
+}
+
+pub fn find_one(s: &Session, label: &str) -> ObjectHandle {
+    let found = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .expect("find");
+    assert_eq!(found.len(), 1, "exactly one key labelled {label}");
+    found[0]
+}
+
+/// The token's own HMAC of `msg` with the key labelled `label`.
+pub fn token_hmac(token: &str, label: &str, spec: &str, msg: &[u8]) -> Vec<u8> {
+    let s = world().session(token);
+    let k = find_one(&s, label);
+    let mech = match spec {
+        "HMAC_224" => Mechanism::Sha224Hmac,
+        "HMAC_256" => Mechanism::Sha256Hmac,
+        "HMAC_384" => Mechanism::Sha384Hmac,
+        _ => Mechanism::Sha512Hmac,
+    };
+    s.sign(&mech, k, msg).expect("C_Sign HMAC")
+}
+
+/// The token decrypts a KMS ciphertext (LocalStack: key id | IV | tag | AES-GCM body).
+pub fn token_decrypt_kms_ciphertext(token: &str, label: &str, blob: &[u8]) -> Vec<u8> {
+    let s = world().session(token);
+    let k = find_one(&s, label);
+    let mut iv = blob[36..52].to_vec();
+    let tag = &blob[52..68];
+    let mut body = blob[68..].to_vec();
+    body.extend_from_slice(tag);
+    let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, &[], 128u64.into())
+        .expect("GCM params");
+    let plain = s
+        .decrypt(&Mechanism::AesGcm(params), k, &body)
+        .expect("C_Decrypt AES-GCM");
+    unpad(&plain)
+}
+
+/// Reads a vault key's value by unwrapping its stored blob under the bridge token's KEK into a
+/// non-sensitive session object of this test: only a test may do this.
+pub fn vault_key_value(bridge: &Bridge, tokens: &Tokens, key_id: &str) -> Vec<u8> {
+    let conn = rusqlite::Connection::open_with_flags(
+        &bridge.db_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open store");
+    let (blob, mech, kind): (Vec<u8>, i64, String) = conn
+        .query_row(
+            "SELECT wrapped, wrap_mechanism, kind FROM vault_keys WHERE id = ?1",
+            [key_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("vault row");
+    let s = world().session(&tokens.bridge);
+    let kek = find_one(&s, "hsm-bridge-vault-kek");
+    assert_eq!(mech, 0x210A, "SoftHSM2 stores with CKM_AES_KEY_WRAP_PAD");
+    let t = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(if kind == "aes" { KeyType::AES } else { KeyType::GENERIC_SECRET }),
+        Attribute::Token(false),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ];
+    let h = s
+        .unwrap_key(&Mechanism::AesKeyWrapPad, kek, &blob, &t)
+        .expect("C_UnwrapKey");
+    let v = s
+        .get_attributes(h, &[AttributeType::Value])
+        .expect("value")
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Value(v) => Some(v),
+            _ => None,
+        })
+        .expect("CKA_VALUE");
+    s.destroy_object(h).expect("destroy");
+    v
+}
+
+fn unpad(p: &[u8]) -> Vec<u8> {
+    let n = *p.last().expect("padded") as usize;
+    assert!((1..=16).contains(&n) && p[p.len() - n..].iter().all(|b| *b as usize == n));
+    p[..p.len() - n].to_vec()
+}
+
+/// Options of one daemon.
+#[derive(Clone)]
+pub struct Opts {
+    /// Where the daemon sends KMS calls (a fault proxy, say); the emulator by default.
+    pub kms_endpoint: Option<String>,
+    pub wrapping_key_spec: &'static str,
+    pub cleanup_interval_secs: u64,
+    pub with_source: bool,
+    pub extra_toml: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            kms_endpoint: None,
+            wrapping_key_spec: "RSA_2048",
+            cleanup_interval_secs: 60,
+            with_source: true,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+pub struct Bridge {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub db_path: PathBuf,
+    pub url: String,
+    pub account: String,
+    pub kms_name: String,
+    pub kms_id: String,
+    pub jwt_secret: Vec<u8>,
+    pub token: String,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+pub const ISSUER: &str = "hsm-bridge-tests";
+pub const GROUP: &str = "CCKM Admins";
+
+impl Bridge {
+    pub async fn start(tokens: &Tokens, opts: Opts) -> Bridge {
+        let w = world();
+        let dir = tempfile::Builder::new()
+            .prefix("bridge-")
+            .tempdir_in(w.dir.path())
+            .expect("tempdir");
+        let d = dir.path();
+        std::fs::write(d.join("pin"), USER_PIN).expect("pin");
+        let jwt_secret: Vec<u8> = (0..48).map(|_| rand::random::<u8>()).collect();
+        std::fs::write(d.join("jwt.key"), &jwt_secret).expect("jwt");
+        let account = w.new_account();
+        let n = w.next();
+        let kms_name = format!("kms-{n}");
+        let kms_id = uuid::Uuid::new_v4().to_string();
+        let endpoint = opts.kms_endpoint.clone().unwrap_or_else(|| w.kms_endpoint.clone());
+        let source = if opts.with_source {
+            format!(
+                r#"
+[[tokens]]
+name = "luna"
+module = "{SOFTHSM_MODULE}"
+token_label = "{src}"
+pin_file = "{d}/pin"
+profile = "softhsm2"
+role = "source"
+"#,
+                src = tokens.source,
+                d = d.display()
+            )
+        } else {
+            String::new()
+        };
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+plaintext = true
+address_file = "{d}/address"
+
+[auth]
+issuer = "{ISSUER}"
+jwt_secret_file = "{d}/jwt.key"
+allowed_groups = ["{GROUP}", "admin"]
+
+[store]
+path = "{d}/state/hsm-bridge.db"
+
+[logging]
+level = "info,hsm_bridge=debug"
+detailed_errors = true
+
+[cleanup]
+interval_secs = {cleanup}
+
+[[tokens]]
+name = "bridge"
+module = "{SOFTHSM_MODULE}"
+token_label = "{bridge}"
+pin_file = "{d}/pin"
+profile = "softhsm2"
+role = "bridge"
+{source}
+[[kms]]
+name = "{kms_name}"
+id = "{kms_id}"
+account_id = "{account}"
+regions = ["{REGION}", "{OTHER_REGION}"]
+endpoint_url = "{endpoint}"
+wrapping_key_spec = "{wks}"
+max_attempts = 1
+operation_timeout_secs = 10
+{extra}
+"#,
+            d = d.display(),
+            cleanup = opts.cleanup_interval_secs,
+            bridge = tokens.bridge,
+            wks = opts.wrapping_key_spec,
+            extra = opts.extra_toml,
+        );
+        let config_path = d.join("hsm-bridge.toml");
+        std::fs::write(&config_path, config).expect("config");
+        let token = mint_cli(&config_path, "alice", &[GROUP]);
+        let mut b = Bridge {
+            db_path: d.join("state/hsm-bridge.db"),
+            config: config_path,
+            url: String::new(),
+            account,
+            kms_name,
+            kms_id,
+            jwt_secret,
+            token,
+            child: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+            dir,
+        };
+        b.launch().await;
+        b
+    }
+
+    fn log_file(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(name))
+            .expect("log file")
+    }
+
+    pub async fn launch(&mut self) {
+        let addr_file = self.dir.path().join("address");
+        let _ = std::fs::remove_file(&addr_file);
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("SOFTHSM2_CONF", &world().softhsm_conf)
+            .env("AWS_ACCESS_KEY_ID", &self.account)
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(self.log_file("daemon.out"))
+            .stderr(self.log_file("daemon.err"))
+            .spawn()
+            .expect("start hsm-bridge");
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                if a.ends_with('\n') {
+                    self.url = a.trim().to_owned();
+                    break;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "hsm-bridge exited with {status} before listening:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "hsm-bridge did not listen within 60 s:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.err")).unwrap_or_default()
+    }
+
+    pub fn logs(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for f in ["daemon.out", "daemon.err"] {
+            all.extend(std::fs::read(self.dir.path().join(f)).unwrap_or_default());
+        }
+        all
+    }
+
+    /// SIGTERM and wait: the daemon must stop cleanly.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            loop {
+                if let Ok(Some(status)) = c.try_wait() {
+                    assert!(status.success(), "hsm-bridge exited with {status} on SIGTERM");
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(20) {
+                    let _ = c.kill();
+                    panic!("hsm-bridge did not stop within 20 s of SIGTERM");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>, bearer: Option<&str>) -> (StatusCode, Value) {
+        let mut rq = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = bearer {
+            rq = rq.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rq = rq.json(b);
+        }
+        let resp = rq.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON answer ({status}): {text}"))
+        };
+        (status, v)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body), Some(&self.token)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None, Some(&self.token)).await
+    }
+
+    pub async fn raw(&self, method: reqwest::Method, path: &str, content_type: Option<&str>, body: Vec<u8>, bearer: Option<&str>) -> (StatusCode, Value) {
+        let mut rq = self.http.request(method, format!("{}{path}", self.url)).body(body);
+        if let Some(ct) = content_type {
+            rq = rq.header("content-type", ct);
+        }
+        if let Some(t) = bearer {
+            rq = rq.bearer_auth(t);
+        }
+        let resp = rq.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// A KMS client for this daemon's account, straight to the emulator.
+    pub async fn kms(&self) -> KmsClient {
+        kms_client(&self.account, REGION).await
+    }
+
+    pub async fn kms_in(&self, region: &str) -> KmsClient {
+        kms_client(&self.account, region).await
+    }
+
+    /// Creates a vault key by importing known material.
+    pub async fn vault_import(&self, name: &str, algorithm: &str, material: &[u8]) -> String {
+        let (s, v) = self
+            .post(
+                "/api/v1/vault/keys2",
+                &json!({"name": name, "algorithm": algorithm, "material": hex::encode(material)}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "vault import: {v}");
+        v["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn upload(&self, body: Value) -> (StatusCode, Value) {
+        self.post("/api/v1/cckm/aws/upload-key", &body).await
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn mint_cli(config: &Path, user: &str, groups: &[&str]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("token").arg("--config").arg(config).arg("--user").arg(user);
+    for g in groups {
+        cmd.arg("--group").arg(g);
+    }
+    let out = cmd.output().expect("hsm-bridge token");
+    assert!(out.status.success(), "token: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+}
+
+pub async fn kms_client(account: &str, region: &str) -> KmsClient {
+    let creds = aws_credential_types::Credentials::new(account, "test", None, None, "tests");
+    let conf = aws_sdk_kms::config::Builder::new()
+        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .region(aws_sdk_kms::config::Region::new(region.to_owned()))
+        .endpoint_url(&world().kms_endpoint)
+        .credentials_provider(creds)
+        .build();
+    KmsClient::from_conf(conf)
+}
+
+/// Every key of the account in the region, with its state.
+pub async fn kms_keys(kms: &KmsClient) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let keys = kms.list_keys().limit(1000).send().await.expect("ListKeys");
+    for k in keys.keys() {
+        let id = k.key_id().expect("key id").to_owned();
+        let d = kms.describe_key().key_id(&id).send().await.expect("DescribeKey");
+        let st = d
+            .key_metadata()
+            .and_then(|m| m.key_state())
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default();
+        out.push((id, st));
+    }
+    out
+}
+
+pub async fn kms_key_count(kms: &KmsClient) -> usize {
+    kms.list_keys().limit(1000).send().await.expect("ListKeys").keys().len()
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|_| rand::random::<u8>()).collect()
+}
+
+/// Proves the KMS key holds `material`: a KMS ciphertext decrypts with it.
+pub async fn prove_aes(kms: &KmsClient, key_id: &str, material: &[u8]) {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let plain = random_bytes(37);
+    let ct = kms
+        .encrypt()
+        .key_id(key_id)
+        .plaintext(aws_sdk_kms::primitives::Blob::new(plain.clone()))
+        .send()
+        .await
+        .expect("KMS Encrypt");
+    let blob = ct.ciphertext_blob().expect("ciphertext").as_ref().to_vec();
+    assert_eq!(&blob[..36], key_id.as_bytes(), "LocalStack ciphertext starts with the key id");
+    type Gcm16 = aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U16>;
+    let cipher = Gcm16::new_from_slice(material).expect("AES-256 key");
+    let mut body = blob[68..].to_vec();
+    body.extend_from_slice(&blob[52..68]);
+    let out = cipher
+        .decrypt(
+            aes_gcm::Nonce::<aes_gcm::aead::consts::U16>::from_slice(&blob[36..52]),
+            Payload { msg: &body, aad: &[] },
+        )
+        .expect("the KMS ciphertext must decrypt with the source key");
+    assert_eq!(unpad(&out), plain, "KMS encrypted under the source key");
+}
+
+pub async fn kms_ciphertext(kms: &KmsClient, key_id: &str, plain: &[u8]) -> Vec<u8> {
+    kms.encrypt()
+        .key_id(key_id)
+        .plaintext(aws_sdk_kms::primitives::Blob::new(plain.to_vec()))
+        .send()
+        .await
+        .expect("KMS Encrypt")
+        .ciphertext_blob()
+        .expect("ciphertext")
+        .as_ref()
+        .to_vec()
+}
+
+pub async fn kms_mac(kms: &KmsClient, key_id: &str, spec: &str, msg: &[u8]) -> Vec<u8> {
+    let alg = match spec {
+        "HMAC_224" => "HMAC_SHA_224",
+        "HMAC_256" => "HMAC_SHA_256",
+        "HMAC_384" => "HMAC_SHA_384",
+        _ => "HMAC_SHA_512",
+    };
+    kms.generate_mac()
+        .key_id(key_id)
+        .mac_algorithm(aws_sdk_kms::types::MacAlgorithmSpec::from(alg))
+        .message(aws_sdk_kms::primitives::Blob::new(msg.to_vec()))
+        .send()
+        .await
+        .expect("KMS GenerateMac")
+        .mac()
+        .expect("mac")
+        .as_ref()
+        .to_vec()
+}
+
+pub fn soft_hmac(spec: &str, key: &[u8], msg: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    macro_rules! mac {
+        ($h:ty) => {{
+            let mut m = <Hmac<$h> as Mac>::new_from_slice(key).expect("hmac key");
+            m.update(msg);
+            m.finalize().into_bytes().to_vec()
+        }};
+    }
+    match spec {
+        "HMAC_224" => mac!(sha2::Sha224),
+        "HMAC_256" => mac!(sha2::Sha256),
+        "HMAC_384" => mac!(sha2::Sha384),
+        _ => mac!(sha2::Sha512),
+    }
+}
+
+/// Proves the KMS HMAC key holds `material`.
+pub async fn prove_hmac(kms: &KmsClient, key_id: &str, spec: &str, material: &[u8]) {
+    let msg = random_bytes(64);
+    let theirs = kms_mac(kms, key_id, spec, &msg).await;
+    assert_eq!(theirs, soft_hmac(spec, material, &msg), "KMS MAC equals the source key's MAC");
+}
+
+/// Asserts the error body shape and status.
+pub fn assert_error(status: StatusCode, body: &Value, want: u16, needle: &str) {
+    assert_eq!(status.as_u16(), want, "status for {body}");
+    assert!(body["code"].is_u64(), "code in {body}");
+    assert!(body["codeDesc"].as_str().is_some_and(|s| s.starts_with("NCERR")), "codeDesc in {body}");
+    assert!(body["requestID"].as_str().is_some_and(|s| s.len() >= 32), "requestID in {body}");
+    let msg = body["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.to_lowercase().contains(&needle.to_lowercase()),
+        "message `{msg}` should mention `{needle}`"
+    );
+}
+
+/// After the daemon stopped: none of these secrets appears in its logs or its store files, in
+/// raw, hex or base64 form.
+pub fn assert_no_leak(bridge: &Bridge, secrets: &[Vec<u8>]) {
+    use base64::Engine;
+    let mut haystacks: Vec<(String, Vec<u8>)> = vec![("logs".into(), bridge.logs())];
+    for entry in std::fs::read_dir(bridge.db_path.parent().expect("state dir")).expect("state dir") {
+        let p = entry.expect("entry").path();
+        haystacks.push((p.display().to_string(), std::fs::read(&p).unwrap_or_default()));
+    }
+    for s in secrets {
+        assert!(s.len() >= 16, "only real key material is checked");
+        let forms = [
+            s.clone(),
+            hex::encode(s).into_bytes(),
+            hex::encode_upper(s).into_bytes(),
+            base64::engine::general_purpose::STANDARD.encode(s).into_bytes(),
+        ];
+        for (name, hay) in &haystacks {
+            for f in &forms {
+                assert!(
+                    !hay.windows(f.len()).any(|w| w == f.as_slice()),
+                    "key material found in {name}"
+                );
+            }
+        }
+    }
+}
+
+pub fn write_file(path: &Path, text: &str) {
+    let mut f = std::fs::File::create(path).expect("create");
+    f.write_all(text.as_bytes()).expect("write");
+}

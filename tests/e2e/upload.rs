@@ -1,0 +1,229 @@
+//! Uploads that succeed, for each tier and key spec, each proven in KMS.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const SECRET_SPECS: [(&str, &str, usize); 5] = [
+    ("SYMMETRIC_DEFAULT", "aes", 32),
+    // SoftHSM2 2.6.1 cannot keep 28-byte secrets exactly under its KEK; AWS takes 28-64.
+    ("HMAC_224", "hmac-sha224", 32),
+    ("HMAC_256", "hmac-sha256", 32),
+    ("HMAC_384", "hmac-sha384", 48),
+    ("HMAC_512", "hmac-sha512", 64),
+];
+
+async fn prove(kms: &aws_sdk_kms::Client, key_id: &str, spec: &str, material: &[u8]) {
+    if spec == "SYMMETRIC_DEFAULT" {
+        prove_aes(kms, key_id, material).await;
+    } else {
+        prove_hmac(kms, key_id, spec, material).await;
+    }
+}
+
+/// Every field of CipherTrust's answer is there, with values that agree with AWS.
+pub async fn assert_record(bridge: &Bridge, r: &Value, spec: &str, tier: &str, alias: &str) {
+    for f in [
+        "id", "uri", "account", "application", "devAccount", "createdAt", "updatedAt", "kms_id",
+        "kms", "synced_at", "rotation_status", "cloud_name", "key_type", "basic_view_enabled",
+        "region", "gone", "key_material_origin", "key_source", "local_key_id", "local_key_name",
+        "external_accounts", "key_admins", "key_admins_roles", "key_users", "key_users_roles",
+        "labels", "aws_param",
+    ] {
+        assert!(r.get(f).is_some(), "record lacks {f}: {r}");
+    }
+    let p = &r["aws_param"];
+    for f in [
+        "AWSAccountId", "Arn", "CreationDate", "CustomerMasterKeySpec", "Description", "Enabled",
+        "ExpirationModel", "KeyID", "KeyManager", "KeyRotationEnabled", "KeyState", "KeyUsage",
+        "MultiRegion", "Origin", "ValidTo", "Alias", "Policy", "Tags",
+    ] {
+        assert!(p.get(f).is_some(), "aws_param lacks {f}: {p}");
+    }
+    let key_id = p["KeyID"].as_str().expect("KeyID");
+    assert_eq!(r["kms"], bridge.kms_name);
+    assert_eq!(r["kms_id"], bridge.kms_id);
+    assert_eq!(r["region"], REGION);
+    assert_eq!(r["key_source"], tier);
+    assert_eq!(r["key_material_origin"], "cckm");
+    assert!(r["uri"].as_str().expect("uri").ends_with(r["id"].as_str().expect("id")));
+    assert_eq!(p["AWSAccountId"], bridge.account.as_str());
+    assert_eq!(p["CustomerMasterKeySpec"], spec);
+    assert_eq!(p["Origin"], "EXTERNAL");
+    assert_eq!(p["KeyState"], "Enabled");
+    assert_eq!(p["Enabled"], true);
+    assert_eq!(p["Alias"], json!([format!("alias/{alias}")]));
+    let policy: Value = serde_json::from_str(p["Policy"].as_str().expect("policy text")).expect("policy JSON");
+    assert!(policy["Statement"].is_array());
+    for d in ["createdAt", "updatedAt", "synced_at"] {
+        time::OffsetDateTime::parse(r[d].as_str().expect(d), &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| panic!("{d} is RFC 3339"));
+    }
+    // The record agrees with AWS itself.
+    let kms = bridge.kms().await;
+    let m = kms.describe_key().key_id(key_id).send().await.expect("DescribeKey");
+    let m = m.key_metadata().expect("metadata");
+    assert_eq!(p["Arn"].as_str(), m.arn());
+    assert_eq!(p["KeyUsage"].as_str(), m.key_usage().map(|u| u.as_str()));
+    assert_eq!(p["ExpirationModel"].as_str(), m.expiration_model().map(|e| e.as_str()));
+    let aliases = kms.list_aliases().key_id(key_id).send().await.expect("ListAliases");
+    assert_eq!(aliases.aliases().len(), 1);
+    assert_eq!(aliases.aliases()[0].alias_name(), Some(format!("alias/{alias}").as_str()));
+}
+
+fn upload_body(bridge: &Bridge, tier: &str, source: &str, spec: &str, alias: &str) -> Value {
+    json!({
+        "source_key_tier": tier,
+        "source_key_identifier": source,
+        "kms": bridge.kms_name,
+        "region": REGION,
+        "aws_param": {
+            "Alias": alias,
+            "CustomerMasterKeySpec": spec,
+            "Description": format!("{tier} {spec}"),
+            "Tags": [{"TagKey": "suite", "TagValue": "e2e"}]
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_tier_uploads_every_secret_spec_and_kms_holds_the_source_key() {
+    let tokens = Tokens::new();
+    let mut b = Bridge::start(&tokens, Opts::default()).await;
+    let kms = b.kms().await;
+    let mut secrets = Vec::new();
+    let mut uploaded = Vec::new();
+    for (spec, alg, len) in SECRET_SPECS {
+        let material = random_bytes(len);
+        let id = b.vault_import(&format!("imported-{spec}"), alg, &material).await;
+        let alias = format!("local/{}", spec.to_lowercase());
+        let (s, r) = b.upload(upload_body(&b, "local", &id, spec, &alias)).await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        assert_record(&b, &r, spec, "local", &alias).await;
+        assert_eq!(r["local_key_id"], id.as_str());
+        assert_eq!(r["local_key_name"], format!("imported-{spec}"));
+        let key_id = r["aws_param"]["KeyID"].as_str().expect("KeyID").to_owned();
+        prove(&kms, &key_id, spec, &material).await;
+        secrets.push(material);
+        uploaded.push((r["id"].as_str().expect("id").to_owned(), key_id, r));
+    }
+
+    // The records survive a restart and are served again as they were.
+    b.restart().await;
+    let (s, list) = b.get("/api/v1/cckm/aws/keys?limit=100").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["total"], 5, "{list}");
+    for (id, key_id, original) in &uploaded {
+        let (s, again) = b.get(&format!("/api/v1/cckm/aws/keys/{id}")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(&again, original);
+        let (_, by_keyid) = b.get(&format!("/api/v1/cckm/aws/keys?keyid={key_id}")).await;
+        assert_eq!(by_keyid["total"], 1);
+        assert_eq!(&by_keyid["resources"][0], original);
+    }
+    let (_, by_alias) = b.get("/api/v1/cckm/aws/keys?alias=local/hmac_384").await;
+    assert_eq!(by_alias["total"], 1, "{by_alias}");
+    let (_, by_region) = b.get(&format!("/api/v1/cckm/aws/keys?region={OTHER_REGION}")).await;
+    assert_eq!(by_region["total"], 0);
+
+    b.stop().await;
+    assert_no_leak(&b, &secrets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_tier_generated_keys_are_proven_through_the_token() {
+    let tokens = Tokens::new();
+    let mut b = Bridge::start(&tokens, Opts::default()).await;
+    let kms = b.kms().await;
+    let mut secrets = Vec::new();
+    for (spec, alg) in [("SYMMETRIC_DEFAULT", "aes"), ("HMAC_512", "hmac-sha512")] {
+        let (s, k) = b
+            .post("/api/v1/vault/keys2", &json!({"name": format!("gen-{alg}"), "algorithm": alg}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{k}");
+        assert_eq!(k["origin"], "generated");
+        assert!(k.get("material").is_none());
+        let id = k["id"].as_str().expect("id").to_owned();
+        let alias = format!("gen-{alg}");
+        let (s, r) = b.upload(upload_body(&b, "local", &id, spec, &alias)).await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        // Only the test reads the value out, by unwrapping the stored blob itself.
+        let material = vault_key_value(&b, &tokens, &id);
+        prove(&kms, r["aws_param"]["KeyID"].as_str().expect("id"), spec, &material).await;
+        secrets.push(material);
+    }
+    b.stop().await;
+    assert_no_leak(&b, &secrets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_luna_tier_uploads_every_secret_spec_and_kms_holds_the_source_key() {
+    let tokens = Tokens::new();
+    let specs = [
+        ("SYMMETRIC_DEFAULT", Kind::Aes, 32),
+        ("HMAC_224", Kind::Hmac, 28),
+        ("HMAC_256", Kind::Hmac, 32),
+        ("HMAC_384", Kind::Hmac, 48),
+        ("HMAC_512", Kind::Hmac, 64),
+    ];
+    let mut secrets = Vec::new();
+    let mut ids = Vec::new();
+    for (spec, kind, len) in specs {
+        let m = random_bytes(len);
+        ids.push(put_secret(&tokens.source, &format!("luna-{spec}"), kind, &m, true));
+        secrets.push(m);
+    }
+    let mut b = Bridge::start(&tokens, Opts::default()).await;
+    let kms = b.kms().await;
+    for (i, (spec, _, _)) in specs.iter().enumerate() {
+        // By label for most, by hex CKA_ID for one.
+        let ident = if i == 2 { hex::encode(&ids[i]) } else { format!("luna-{spec}") };
+        let alias = format!("luna/{}", spec.to_lowercase());
+        let (s, r) = b.upload(upload_body(&b, "hsm-luna", &ident, spec, &alias)).await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        assert_record(&b, &r, spec, "hsm-luna", &alias).await;
+        assert_eq!(r["local_key_name"], format!("luna-{spec}"));
+        assert_eq!(r["local_key_id"], hex::encode(&ids[i]));
+        prove(&kms, r["aws_param"]["KeyID"].as_str().expect("id"), spec, &secrets[i]).await;
+    }
+    b.restart().await;
+    let (_, list) = b.get("/api/v1/cckm/aws/keys").await;
+    assert_eq!(list["total"], 5);
+    b.stop().await;
+    assert_no_leak(&b, &secrets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_luna_keys_generated_in_the_token_match_the_tokens_own_operations() {
+    let tokens = Tokens::new();
+    generate_secret(&tokens.source, "luna-gen-aes", Kind::Aes, 32);
+    generate_secret(&tokens.source, "luna-gen-hmac", Kind::Hmac, 32);
+    let b = Bridge::start(&tokens, Opts::default()).await;
+    let kms = b.kms().await;
+
+    let (s, r) = b
+        .upload(upload_body(&b, "hsm-luna", "luna-gen-hmac", "HMAC_256", "luna-gen-hmac"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let key_id = r["aws_param"]["KeyID"].as_str().expect("id");
+    let msg = random_bytes(100);
+    assert_eq!(
+        kms_mac(&kms, key_id, "HMAC_256", &msg).await,
+        token_hmac(&tokens.source, "luna-gen-hmac", "HMAC_256", &msg),
+        "KMS and the token compute the same MAC"
+    );
+
+    let (s, r) = b
+        .upload(upload_body(&b, "hsm-luna", "luna-gen-aes", "SYMMETRIC_DEFAULT", "luna-gen-aes"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let key_id = r["aws_param"]["KeyID"].as_str().expect("id");
+    let plain = random_bytes(50);
+    let ct = kms_ciphertext(&kms, key_id, &plain).await;
+    assert_eq!(
+        token_decrypt_kms_ciphertext(&tokens.source, "luna-gen-aes", &ct),
+        plain,
+        "the token decrypts what KMS encrypted"
+    );
+}
