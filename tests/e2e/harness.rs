@@ -571,6 +571,14 @@ operation_timeout_secs = 10
         }
     }
 
+    /// SIGKILL: the daemon dies wherever it is.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub async fn restart(&mut self) {
         self.stop().await;
         self.launch().await;

@@ -1,0 +1,164 @@
+//! A fault-injecting HTTP proxy between the daemon and the KMS emulator: it forwards every
+//! call, unless told to refuse one operation with an AWS error, to drop the connection (AWS
+//! "going away"), to hold a call until released, or to forward a call and lose its answer.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
+
+use crate::harness::world;
+
+#[derive(Clone)]
+pub enum Fault {
+    /// Forward as usual (overrides a rule for every operation).
+    Pass,
+    /// Answer with this AWS error instead of forwarding.
+    Refuse { status: u16, aws_type: &'static str },
+    /// Close the connection without an answer.
+    Drop,
+    /// Forward the call, then close the connection without passing the answer on.
+    LoseAnswer,
+    /// Wait until released, then drop the connection.
+    Hold(Arc<Notify>),
+}
+
+#[derive(Default)]
+struct Rules {
+    by_op: HashMap<String, Fault>,
+    all: Option<Fault>,
+    /// Once this operation has been forwarded, every later call meets the fault.
+    after: Option<(String, Fault)>,
+    seen: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct FaultProxy {
+    pub url: String,
+    rules: Arc<Mutex<Rules>>,
+}
+
+impl FaultProxy {
+    pub async fn start() -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let rules = Arc::new(Mutex::new(Rules::default()));
+        let upstream = world().kms_endpoint.clone();
+        let client = reqwest::Client::new();
+        let r = rules.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (rules, upstream, client) = (r.clone(), upstream.clone(), client.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (rules, upstream, client) = (rules.clone(), upstream.clone(), client.clone());
+                        async move { handle(req, rules, upstream, client).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FaultProxy { url, rules }
+    }
+
+    pub fn on(&self, op: &str, fault: Fault) {
+        self.rules.lock().expect("rules").by_op.insert(op.to_owned(), fault);
+    }
+
+    pub fn everything(&self, fault: Fault) {
+        self.rules.lock().expect("rules").all = Some(fault);
+    }
+
+    pub fn after(&self, op: &str, fault: Fault) {
+        self.rules.lock().expect("rules").after = Some((op.to_owned(), fault));
+    }
+
+    pub fn heal(&self) {
+        let mut r = self.rules.lock().expect("rules");
+        r.by_op.clear();
+        r.all = None;
+        r.after = None;
+    }
+
+    /// The operations seen so far, in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.rules.lock().expect("rules").seen.clone()
+    }
+}
+
+type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
+
+async fn handle(
+    req: Request<Incoming>,
+    rules: Arc<Mutex<Rules>>,
+    upstream: String,
+    client: reqwest::Client,
+) -> Answer {
+    let op = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit('.').next())
+        .unwrap_or("")
+        .to_owned();
+    let fault = {
+        let mut r = rules.lock().expect("rules");
+        let tripped = r
+            .after
+            .as_ref()
+            .filter(|(after, _)| r.seen.iter().any(|s| s == after))
+            .map(|(_, f)| f.clone());
+        r.seen.push(op.clone());
+        tripped.or_else(|| r.by_op.get(&op).cloned()).or_else(|| r.all.clone())
+    };
+    let drop_it = || Err(std::io::Error::other("connection dropped by the fault proxy"));
+    match fault {
+        Some(Fault::Refuse { status, aws_type }) => {
+            let body = format!(r#"{{"__type":"{aws_type}","message":"injected by the fault proxy"}}"#);
+            return Ok(Response::builder()
+                .status(status)
+                .header("content-type", "application/x-amz-json-1.1")
+                .header("x-amzn-query-error", format!("{aws_type};Sender"))
+                .body(Full::new(Bytes::from(body)))
+                .expect("response"));
+        }
+        Some(Fault::Drop) => return drop_it(),
+        Some(Fault::Pass) | Some(Fault::LoseAnswer) | None => {}
+        Some(Fault::Hold(n)) => {
+            n.notified().await;
+            return drop_it();
+        }
+    }
+    let lose = matches!(fault, Some(Fault::LoseAnswer));
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let mut fwd = client.request(parts.method.clone(), format!("{upstream}{}", parts.uri));
+    for (k, v) in parts.headers.iter() {
+        if k != "host" {
+            fwd = fwd.header(k, v);
+        }
+    }
+    let resp = fwd.body(body).send().await.map_err(std::io::Error::other)?;
+    if lose {
+        return drop_it();
+    }
+    let mut out = Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers().iter() {
+        if k != "content-length" && k != "transfer-encoding" && k != "connection" {
+            out = out.header(k, v);
+        }
+    }
+    let bytes = resp.bytes().await.map_err(std::io::Error::other)?;
+    Ok(out.body(Full::new(bytes)).expect("response"))
+}
