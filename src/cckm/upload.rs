@@ -347,6 +347,11 @@ impl Uploader {
                 template_id,
             },
         );
+        let mut record = record;
+        if let (Expiry::At(t), Value::Null) = (req.expiry, &record["aws_param"]["ValidTo"]) {
+            // Some KMS implementations do not echo ValidTo: show the one that was imported.
+            record["aws_param"]["ValidTo"] = Value::String(crate::store::format_time(t));
+        }
         let stored = record.clone();
         let (kid, arn, kms_id, region, attempt) = (
             key_id.to_owned(),

@@ -64,7 +64,10 @@ async fn wait_for_state(b: &Bridge, key_id: &str, want: &str, within: Duration) 
         if st == want {
             return;
         }
-        assert!(start.elapsed() < within, "key {key_id} stayed {st}, expected {want}");
+        assert!(
+            start.elapsed() < within,
+            "key {key_id} stayed {st}, expected {want}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -74,13 +77,19 @@ async fn import_refused_schedules_the_new_key_for_deletion_at_once() {
     let (_t, proxy, b, id) = setup(60).await;
     proxy.on(
         "ImportKeyMaterial",
-        Fault::Refuse { status: 500, aws_type: "KMSInternalException" },
+        Fault::Refuse {
+            status: 500,
+            aws_type: "KMSInternalException",
+        },
     );
     let (s, r) = b.upload(body(&b, &id, "refused-import")).await;
     assert_error(s, &r, 503, "scheduled for deletion");
     let (key_id, state) = only_key(&b).await;
     assert_eq!(state, "PendingDeletion");
-    assert!(r["message"].as_str().expect("message").contains(&key_id), "{r}");
+    assert!(
+        r["message"].as_str().expect("message").contains(&key_id),
+        "{r}"
+    );
     let a = attempts(&b).await;
     assert_eq!(a.len(), 1);
     assert_eq!(a[0]["state"], "cleaned");
@@ -96,12 +105,18 @@ async fn alias_refused_after_import_leaves_no_enabled_key() {
     let (_t, proxy, b, id) = setup(60).await;
     proxy.on(
         "CreateAlias",
-        Fault::Refuse { status: 400, aws_type: "AlreadyExistsException" },
+        Fault::Refuse {
+            status: 400,
+            aws_type: "AlreadyExistsException",
+        },
     );
     let (s, r) = b.upload(body(&b, &id, "refused-alias")).await;
     assert_error(s, &r, 409, "scheduled for deletion");
     let (_, state) = only_key(&b).await;
-    assert_eq!(state, "PendingDeletion", "the imported (enabled) key must not stay usable");
+    assert_eq!(
+        state, "PendingDeletion",
+        "the imported (enabled) key must not stay usable"
+    );
     assert_eq!(attempts(&b).await[0]["stage"], "CreateAlias");
 }
 
@@ -112,7 +127,10 @@ async fn aws_going_away_after_create_key_is_cleaned_up_when_it_returns() {
     let (s, r) = b.upload(body(&b, &id, "gone-away")).await;
     assert_error(s, &r, 503, "could not be scheduled for deletion yet");
     let (key_id, state) = only_key(&b).await;
-    assert_eq!(state, "PendingImport", "never usable: no material reached it");
+    assert_eq!(
+        state, "PendingImport",
+        "never usable: no material reached it"
+    );
     let a = attempts(&b).await;
     assert_eq!(a[0]["aws_key_id"], key_id.as_str());
     assert_eq!(a[0]["state"], "cleanup_pending");
@@ -122,7 +140,10 @@ async fn aws_going_away_after_create_key_is_cleaned_up_when_it_returns() {
     wait_for_state(&b, &key_id, "PendingDeletion", Duration::from_secs(20)).await;
     let start = Instant::now();
     while attempts(&b).await[0]["state"] != "cleaned" {
-        assert!(start.elapsed() < Duration::from_secs(10), "attempt not marked cleaned");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "attempt not marked cleaned"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -147,7 +168,10 @@ async fn a_lost_create_key_answer_is_found_by_its_tag_and_cleaned_up() {
             assert_eq!(a[0]["aws_key_id"], key_id.as_str());
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "attempt not settled: {a:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "attempt not settled: {a:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -160,15 +184,26 @@ async fn a_daemon_killed_mid_upload_cleans_up_after_restart() {
     let url = format!("{}/api/v1/cckm/aws/upload-key", b.url);
     let (token, req) = (b.token.clone(), body(&b, &id, "killed"));
     let pending = tokio::spawn(async move {
-        reqwest::Client::new().post(url).bearer_auth(token).json(&req).send().await
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .json(&req)
+            .send()
+            .await
     });
     let start = Instant::now();
     while !proxy.seen().iter().any(|s| s == "ImportKeyMaterial") {
-        assert!(start.elapsed() < Duration::from_secs(20), "upload never reached ImportKeyMaterial");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "upload never reached ImportKeyMaterial"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     b.kill();
-    assert!(pending.await.expect("join").is_err(), "the caller saw the daemon die");
+    assert!(
+        pending.await.expect("join").is_err(),
+        "the caller saw the daemon die"
+    );
     release.notify_waiters();
     proxy.heal();
     let (key_id, state) = only_key(&b).await;
@@ -183,7 +218,10 @@ async fn a_daemon_killed_mid_upload_cleans_up_after_restart() {
             assert_eq!(a[0]["aws_key_id"], key_id.as_str());
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "attempt not settled: {a:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "attempt not settled: {a:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -174,7 +174,10 @@ impl World {
             .expect("session");
         match s.login(UserType::User, Some(&AuthPin::from(USER_PIN.to_owned()))) {
             Ok(()) => {}
-            Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::UserAlreadyLoggedIn,
+                _,
+            )) => {}
             Err(e) => panic!("login: {e}"),
         }
         s
@@ -208,12 +211,22 @@ pub enum Kind {
 }
 
 /// A secret key with known value in a token (as an HSM administrator would import one).
-pub fn put_secret(token: &str, label: &str, kind: Kind, value: &[u8], extractable: bool) -> Vec<u8> {
+pub fn put_secret(
+    token: &str,
+    label: &str,
+    kind: Kind,
+    value: &[u8],
+    extractable: bool,
+) -> Vec<u8> {
     let s = world().session(token);
     let id: [u8; 8] = rand::random();
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(if kind == Kind::Aes { KeyType::AES } else { KeyType::GENERIC_SECRET }),
+        Attribute::KeyType(if kind == Kind::Aes {
+            KeyType::AES
+        } else {
+            KeyType::GENERIC_SECRET
+        }),
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
@@ -236,7 +249,11 @@ pub fn generate_secret(token: &str, label: &str, kind: Kind, len: usize) {
     let s = world().session(token);
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(if kind == Kind::Aes { KeyType::AES } else { KeyType::GENERIC_SECRET }),
+        Attribute::KeyType(if kind == Kind::Aes {
+            KeyType::AES
+        } else {
+            KeyType::GENERIC_SECRET
+        }),
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
@@ -289,8 +306,8 @@ pub fn token_decrypt_kms_ciphertext(token: &str, label: &str, blob: &[u8]) -> Ve
     let tag = &blob[52..68];
     let mut body = blob[68..].to_vec();
     body.extend_from_slice(tag);
-    let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, &[], 128u64.into())
-        .expect("GCM params");
+    let params =
+        cryptoki::mechanism::aead::GcmParams::new(&mut iv, &[], 128u64.into()).expect("GCM params");
     let plain = s
         .decrypt(&Mechanism::AesGcm(params), k, &body)
         .expect("C_Decrypt AES-GCM");
@@ -317,7 +334,11 @@ pub fn vault_key_value(bridge: &Bridge, tokens: &Tokens, key_id: &str) -> Vec<u8
     assert_eq!(mech, 0x210A, "SoftHSM2 stores with CKM_AES_KEY_WRAP_PAD");
     let t = [
         Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(if kind == "aes" { KeyType::AES } else { KeyType::GENERIC_SECRET }),
+        Attribute::KeyType(if kind == "aes" {
+            KeyType::AES
+        } else {
+            KeyType::GENERIC_SECRET
+        }),
         Attribute::Token(false),
         Attribute::Sensitive(false),
         Attribute::Extractable(true),
@@ -353,6 +374,8 @@ pub struct Opts {
     pub cleanup_interval_secs: u64,
     pub with_source: bool,
     pub extra_toml: String,
+    /// Replaces the `[server]` keys (except address_file).
+    pub server_toml: Option<String>,
 }
 
 impl Default for Opts {
@@ -363,6 +386,7 @@ impl Default for Opts {
             cleanup_interval_secs: 60,
             with_source: true,
             extra_toml: String::new(),
+            server_toml: None,
         }
     }
 }
@@ -399,7 +423,10 @@ impl Bridge {
         let n = w.next();
         let kms_name = format!("kms-{n}");
         let kms_id = uuid::Uuid::new_v4().to_string();
-        let endpoint = opts.kms_endpoint.clone().unwrap_or_else(|| w.kms_endpoint.clone());
+        let endpoint = opts
+            .kms_endpoint
+            .clone()
+            .unwrap_or_else(|| w.kms_endpoint.clone());
         let source = if opts.with_source {
             format!(
                 r#"
@@ -420,8 +447,7 @@ role = "source"
         let config = format!(
             r#"
 [server]
-listen = "127.0.0.1:0"
-plaintext = true
+{server}
 address_file = "{d}/address"
 
 [auth]
@@ -459,6 +485,10 @@ operation_timeout_secs = 10
 {extra}
 "#,
             d = d.display(),
+            server = opts
+                .server_toml
+                .clone()
+                .unwrap_or_else(|| "listen = \"127.0.0.1:0\"\nplaintext = true".to_owned()),
             cleanup = opts.cleanup_interval_secs,
             bridge = tokens.bridge,
             wks = opts.wrapping_key_spec,
@@ -479,6 +509,7 @@ operation_timeout_secs = 10
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .danger_accept_invalid_certs(opts.server_toml.is_some())
                 .build()
                 .expect("http client"),
             dir,
@@ -559,7 +590,10 @@ operation_timeout_secs = 10
             let start = Instant::now();
             loop {
                 if let Ok(Some(status)) = c.try_wait() {
-                    assert!(status.success(), "hsm-bridge exited with {status} on SIGTERM");
+                    assert!(
+                        status.success(),
+                        "hsm-bridge exited with {status} on SIGTERM"
+                    );
                     break;
                 }
                 if start.elapsed() > Duration::from_secs(20) {
@@ -584,7 +618,13 @@ operation_timeout_secs = 10
         self.launch().await;
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>, bearer: Option<&str>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut rq = self.http.request(method, format!("{}{path}", self.url));
         if let Some(t) = bearer {
             rq = rq.bearer_auth(t);
@@ -598,21 +638,34 @@ operation_timeout_secs = 10
         let v = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON answer ({status}): {text}"))
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("non-JSON answer ({status}): {text}"))
         };
         (status, v)
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::POST, path, Some(body), Some(&self.token)).await
+        self.call(reqwest::Method::POST, path, Some(body), Some(&self.token))
+            .await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, None, Some(&self.token)).await
+        self.call(reqwest::Method::GET, path, None, Some(&self.token))
+            .await
     }
 
-    pub async fn raw(&self, method: reqwest::Method, path: &str, content_type: Option<&str>, body: Vec<u8>, bearer: Option<&str>) -> (StatusCode, Value) {
-        let mut rq = self.http.request(method, format!("{}{path}", self.url)).body(body);
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        bearer: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut rq = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .body(body);
         if let Some(ct) = content_type {
             rq = rq.header("content-type", ct);
         }
@@ -622,7 +675,10 @@ operation_timeout_secs = 10
         let resp = rq.send().await.expect("request");
         let status = resp.status();
         let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// A KMS client for this daemon's account, straight to the emulator.
@@ -662,13 +718,24 @@ impl Drop for Bridge {
 
 pub fn mint_cli(config: &Path, user: &str, groups: &[&str]) -> String {
     let mut cmd = Command::new(BIN);
-    cmd.arg("token").arg("--config").arg(config).arg("--user").arg(user);
+    cmd.arg("token")
+        .arg("--config")
+        .arg(config)
+        .arg("--user")
+        .arg(user);
     for g in groups {
         cmd.arg("--group").arg(g);
     }
     let out = cmd.output().expect("hsm-bridge token");
-    assert!(out.status.success(), "token: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+    assert!(
+        out.status.success(),
+        "token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
 }
 
 pub async fn kms_client(account: &str, region: &str) -> KmsClient {
@@ -688,7 +755,12 @@ pub async fn kms_keys(kms: &KmsClient) -> Vec<(String, String)> {
     let keys = kms.list_keys().limit(1000).send().await.expect("ListKeys");
     for k in keys.keys() {
         let id = k.key_id().expect("key id").to_owned();
-        let d = kms.describe_key().key_id(&id).send().await.expect("DescribeKey");
+        let d = kms
+            .describe_key()
+            .key_id(&id)
+            .send()
+            .await
+            .expect("DescribeKey");
         let st = d
             .key_metadata()
             .and_then(|m| m.key_state())
@@ -700,7 +772,13 @@ pub async fn kms_keys(kms: &KmsClient) -> Vec<(String, String)> {
 }
 
 pub async fn kms_key_count(kms: &KmsClient) -> usize {
-    kms.list_keys().limit(1000).send().await.expect("ListKeys").keys().len()
+    kms.list_keys()
+        .limit(1000)
+        .send()
+        .await
+        .expect("ListKeys")
+        .keys()
+        .len()
 }
 
 pub fn random_bytes(n: usize) -> Vec<u8> {
@@ -719,7 +797,11 @@ pub async fn prove_aes(kms: &KmsClient, key_id: &str, material: &[u8]) {
         .await
         .expect("KMS Encrypt");
     let blob = ct.ciphertext_blob().expect("ciphertext").as_ref().to_vec();
-    assert_eq!(&blob[..36], key_id.as_bytes(), "LocalStack ciphertext starts with the key id");
+    assert_eq!(
+        &blob[..36],
+        key_id.as_bytes(),
+        "LocalStack ciphertext starts with the key id"
+    );
     type Gcm16 = aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U16>;
     let cipher = Gcm16::new_from_slice(material).expect("AES-256 key");
     let mut body = blob[68..].to_vec();
@@ -727,7 +809,10 @@ pub async fn prove_aes(kms: &KmsClient, key_id: &str, material: &[u8]) {
     let out = cipher
         .decrypt(
             aes_gcm::Nonce::<aes_gcm::aead::consts::U16>::from_slice(&blob[36..52]),
-            Payload { msg: &body, aad: &[] },
+            Payload {
+                msg: &body,
+                aad: &[],
+            },
         )
         .expect("the KMS ciphertext must decrypt with the source key");
     assert_eq!(unpad(&out), plain, "KMS encrypted under the source key");
@@ -787,15 +872,27 @@ pub fn soft_hmac(spec: &str, key: &[u8], msg: &[u8]) -> Vec<u8> {
 pub async fn prove_hmac(kms: &KmsClient, key_id: &str, spec: &str, material: &[u8]) {
     let msg = random_bytes(64);
     let theirs = kms_mac(kms, key_id, spec, &msg).await;
-    assert_eq!(theirs, soft_hmac(spec, material, &msg), "KMS MAC equals the source key's MAC");
+    assert_eq!(
+        theirs,
+        soft_hmac(spec, material, &msg),
+        "KMS MAC equals the source key's MAC"
+    );
 }
 
 /// Asserts the error body shape and status.
 pub fn assert_error(status: StatusCode, body: &Value, want: u16, needle: &str) {
     assert_eq!(status.as_u16(), want, "status for {body}");
     assert!(body["code"].is_u64(), "code in {body}");
-    assert!(body["codeDesc"].as_str().is_some_and(|s| s.starts_with("NCERR")), "codeDesc in {body}");
-    assert!(body["requestID"].as_str().is_some_and(|s| s.len() >= 32), "requestID in {body}");
+    assert!(
+        body["codeDesc"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("NCERR")),
+        "codeDesc in {body}"
+    );
+    assert!(
+        body["requestID"].as_str().is_some_and(|s| s.len() >= 32),
+        "requestID in {body}"
+    );
     let msg = body["message"].as_str().unwrap_or_default();
     assert!(
         msg.to_lowercase().contains(&needle.to_lowercase()),
@@ -808,9 +905,13 @@ pub fn assert_error(status: StatusCode, body: &Value, want: u16, needle: &str) {
 pub fn assert_no_leak(bridge: &Bridge, secrets: &[Vec<u8>]) {
     use base64::Engine;
     let mut haystacks: Vec<(String, Vec<u8>)> = vec![("logs".into(), bridge.logs())];
-    for entry in std::fs::read_dir(bridge.db_path.parent().expect("state dir")).expect("state dir") {
+    for entry in std::fs::read_dir(bridge.db_path.parent().expect("state dir")).expect("state dir")
+    {
         let p = entry.expect("entry").path();
-        haystacks.push((p.display().to_string(), std::fs::read(&p).unwrap_or_default()));
+        haystacks.push((
+            p.display().to_string(),
+            std::fs::read(&p).unwrap_or_default(),
+        ));
     }
     for s in secrets {
         assert!(s.len() >= 16, "only real key material is checked");
@@ -818,7 +919,9 @@ pub fn assert_no_leak(bridge: &Bridge, secrets: &[Vec<u8>]) {
             s.clone(),
             hex::encode(s).into_bytes(),
             hex::encode_upper(s).into_bytes(),
-            base64::engine::general_purpose::STANDARD.encode(s).into_bytes(),
+            base64::engine::general_purpose::STANDARD
+                .encode(s)
+                .into_bytes(),
         ];
         for (name, hay) in &haystacks {
             for f in &forms {

@@ -1,6 +1,11 @@
 //! End-to-end tests: the real daemon on SoftHSM2 tokens and LocalStack's KMS.
 
-mod harness;
+mod auth;
+mod cli;
 mod faults;
+mod harness;
+mod policy;
 mod proxy;
 mod upload;
+mod validation;
+mod vault;

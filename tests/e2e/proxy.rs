@@ -56,11 +56,14 @@ impl FaultProxy {
         let r = rules.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (rules, upstream, client) = (r.clone(), upstream.clone(), client.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (rules, upstream, client) = (rules.clone(), upstream.clone(), client.clone());
+                        let (rules, upstream, client) =
+                            (rules.clone(), upstream.clone(), client.clone());
                         async move { handle(req, rules, upstream, client).await }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -73,7 +76,11 @@ impl FaultProxy {
     }
 
     pub fn on(&self, op: &str, fault: Fault) {
-        self.rules.lock().expect("rules").by_op.insert(op.to_owned(), fault);
+        self.rules
+            .lock()
+            .expect("rules")
+            .by_op
+            .insert(op.to_owned(), fault);
     }
 
     pub fn everything(&self, fault: Fault) {
@@ -120,12 +127,19 @@ async fn handle(
             .filter(|(after, _)| r.seen.iter().any(|s| s == after))
             .map(|(_, f)| f.clone());
         r.seen.push(op.clone());
-        tripped.or_else(|| r.by_op.get(&op).cloned()).or_else(|| r.all.clone())
+        tripped
+            .or_else(|| r.by_op.get(&op).cloned())
+            .or_else(|| r.all.clone())
     };
-    let drop_it = || Err(std::io::Error::other("connection dropped by the fault proxy"));
+    let drop_it = || {
+        Err(std::io::Error::other(
+            "connection dropped by the fault proxy",
+        ))
+    };
     match fault {
         Some(Fault::Refuse { status, aws_type }) => {
-            let body = format!(r#"{{"__type":"{aws_type}","message":"injected by the fault proxy"}}"#);
+            let body =
+                format!(r#"{{"__type":"{aws_type}","message":"injected by the fault proxy"}}"#);
             return Ok(Response::builder()
                 .status(status)
                 .header("content-type", "application/x-amz-json-1.1")
@@ -142,7 +156,11 @@ async fn handle(
     }
     let lose = matches!(fault, Some(Fault::LoseAnswer));
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
     let mut fwd = client.request(parts.method.clone(), format!("{upstream}{}", parts.uri));
     for (k, v) in parts.headers.iter() {
         if k != "host" {

@@ -25,19 +25,56 @@ async fn prove(kms: &aws_sdk_kms::Client, key_id: &str, spec: &str, material: &[
 /// Every field of CipherTrust's answer is there, with values that agree with AWS.
 pub async fn assert_record(bridge: &Bridge, r: &Value, spec: &str, tier: &str, alias: &str) {
     for f in [
-        "id", "uri", "account", "application", "devAccount", "createdAt", "updatedAt", "kms_id",
-        "kms", "synced_at", "rotation_status", "cloud_name", "key_type", "basic_view_enabled",
-        "region", "gone", "key_material_origin", "key_source", "local_key_id", "local_key_name",
-        "external_accounts", "key_admins", "key_admins_roles", "key_users", "key_users_roles",
-        "labels", "aws_param",
+        "id",
+        "uri",
+        "account",
+        "application",
+        "devAccount",
+        "createdAt",
+        "updatedAt",
+        "kms_id",
+        "kms",
+        "synced_at",
+        "rotation_status",
+        "cloud_name",
+        "key_type",
+        "basic_view_enabled",
+        "region",
+        "gone",
+        "key_material_origin",
+        "key_source",
+        "local_key_id",
+        "local_key_name",
+        "external_accounts",
+        "key_admins",
+        "key_admins_roles",
+        "key_users",
+        "key_users_roles",
+        "labels",
+        "aws_param",
     ] {
         assert!(r.get(f).is_some(), "record lacks {f}: {r}");
     }
     let p = &r["aws_param"];
     for f in [
-        "AWSAccountId", "Arn", "CreationDate", "CustomerMasterKeySpec", "Description", "Enabled",
-        "ExpirationModel", "KeyID", "KeyManager", "KeyRotationEnabled", "KeyState", "KeyUsage",
-        "MultiRegion", "Origin", "ValidTo", "Alias", "Policy", "Tags",
+        "AWSAccountId",
+        "Arn",
+        "CreationDate",
+        "CustomerMasterKeySpec",
+        "Description",
+        "Enabled",
+        "ExpirationModel",
+        "KeyID",
+        "KeyManager",
+        "KeyRotationEnabled",
+        "KeyState",
+        "KeyUsage",
+        "MultiRegion",
+        "Origin",
+        "ValidTo",
+        "Alias",
+        "Policy",
+        "Tags",
     ] {
         assert!(p.get(f).is_some(), "aws_param lacks {f}: {p}");
     }
@@ -47,29 +84,54 @@ pub async fn assert_record(bridge: &Bridge, r: &Value, spec: &str, tier: &str, a
     assert_eq!(r["region"], REGION);
     assert_eq!(r["key_source"], tier);
     assert_eq!(r["key_material_origin"], "cckm");
-    assert!(r["uri"].as_str().expect("uri").ends_with(r["id"].as_str().expect("id")));
+    assert!(
+        r["uri"]
+            .as_str()
+            .expect("uri")
+            .ends_with(r["id"].as_str().expect("id"))
+    );
     assert_eq!(p["AWSAccountId"], bridge.account.as_str());
     assert_eq!(p["CustomerMasterKeySpec"], spec);
     assert_eq!(p["Origin"], "EXTERNAL");
     assert_eq!(p["KeyState"], "Enabled");
     assert_eq!(p["Enabled"], true);
     assert_eq!(p["Alias"], json!([format!("alias/{alias}")]));
-    let policy: Value = serde_json::from_str(p["Policy"].as_str().expect("policy text")).expect("policy JSON");
+    let policy: Value =
+        serde_json::from_str(p["Policy"].as_str().expect("policy text")).expect("policy JSON");
     assert!(policy["Statement"].is_array());
     for d in ["createdAt", "updatedAt", "synced_at"] {
-        time::OffsetDateTime::parse(r[d].as_str().expect(d), &time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| panic!("{d} is RFC 3339"));
+        time::OffsetDateTime::parse(
+            r[d].as_str().expect(d),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap_or_else(|_| panic!("{d} is RFC 3339"));
     }
     // The record agrees with AWS itself.
     let kms = bridge.kms().await;
-    let m = kms.describe_key().key_id(key_id).send().await.expect("DescribeKey");
+    let m = kms
+        .describe_key()
+        .key_id(key_id)
+        .send()
+        .await
+        .expect("DescribeKey");
     let m = m.key_metadata().expect("metadata");
     assert_eq!(p["Arn"].as_str(), m.arn());
     assert_eq!(p["KeyUsage"].as_str(), m.key_usage().map(|u| u.as_str()));
-    assert_eq!(p["ExpirationModel"].as_str(), m.expiration_model().map(|e| e.as_str()));
-    let aliases = kms.list_aliases().key_id(key_id).send().await.expect("ListAliases");
+    assert_eq!(
+        p["ExpirationModel"].as_str(),
+        m.expiration_model().map(|e| e.as_str())
+    );
+    let aliases = kms
+        .list_aliases()
+        .key_id(key_id)
+        .send()
+        .await
+        .expect("ListAliases");
     assert_eq!(aliases.aliases().len(), 1);
-    assert_eq!(aliases.aliases()[0].alias_name(), Some(format!("alias/{alias}").as_str()));
+    assert_eq!(
+        aliases.aliases()[0].alias_name(),
+        Some(format!("alias/{alias}").as_str())
+    );
 }
 
 fn upload_body(bridge: &Bridge, tier: &str, source: &str, spec: &str, alias: &str) -> Value {
@@ -96,7 +158,9 @@ async fn local_tier_uploads_every_secret_spec_and_kms_holds_the_source_key() {
     let mut uploaded = Vec::new();
     for (spec, alg, len) in SECRET_SPECS {
         let material = random_bytes(len);
-        let id = b.vault_import(&format!("imported-{spec}"), alg, &material).await;
+        let id = b
+            .vault_import(&format!("imported-{spec}"), alg, &material)
+            .await;
         let alias = format!("local/{}", spec.to_lowercase());
         let (s, r) = b.upload(upload_body(&b, "local", &id, spec, &alias)).await;
         assert_eq!(s, StatusCode::CREATED, "{r}");
@@ -118,13 +182,17 @@ async fn local_tier_uploads_every_secret_spec_and_kms_holds_the_source_key() {
         let (s, again) = b.get(&format!("/api/v1/cckm/aws/keys/{id}")).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(&again, original);
-        let (_, by_keyid) = b.get(&format!("/api/v1/cckm/aws/keys?keyid={key_id}")).await;
+        let (_, by_keyid) = b
+            .get(&format!("/api/v1/cckm/aws/keys?keyid={key_id}"))
+            .await;
         assert_eq!(by_keyid["total"], 1);
         assert_eq!(&by_keyid["resources"][0], original);
     }
     let (_, by_alias) = b.get("/api/v1/cckm/aws/keys?alias=local/hmac_384").await;
     assert_eq!(by_alias["total"], 1, "{by_alias}");
-    let (_, by_region) = b.get(&format!("/api/v1/cckm/aws/keys?region={OTHER_REGION}")).await;
+    let (_, by_region) = b
+        .get(&format!("/api/v1/cckm/aws/keys?region={OTHER_REGION}"))
+        .await;
     assert_eq!(by_region["total"], 0);
 
     b.stop().await;
@@ -139,7 +207,10 @@ async fn local_tier_generated_keys_are_proven_through_the_token() {
     let mut secrets = Vec::new();
     for (spec, alg) in [("SYMMETRIC_DEFAULT", "aes"), ("HMAC_512", "hmac-sha512")] {
         let (s, k) = b
-            .post("/api/v1/vault/keys2", &json!({"name": format!("gen-{alg}"), "algorithm": alg}))
+            .post(
+                "/api/v1/vault/keys2",
+                &json!({"name": format!("gen-{alg}"), "algorithm": alg}),
+            )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{k}");
         assert_eq!(k["origin"], "generated");
@@ -150,7 +221,13 @@ async fn local_tier_generated_keys_are_proven_through_the_token() {
         assert_eq!(s, StatusCode::CREATED, "{r}");
         // Only the test reads the value out, by unwrapping the stored blob itself.
         let material = vault_key_value(&b, &tokens, &id);
-        prove(&kms, r["aws_param"]["KeyID"].as_str().expect("id"), spec, &material).await;
+        prove(
+            &kms,
+            r["aws_param"]["KeyID"].as_str().expect("id"),
+            spec,
+            &material,
+        )
+        .await;
         secrets.push(material);
     }
     b.stop().await;
@@ -171,21 +248,39 @@ async fn hsm_luna_tier_uploads_every_secret_spec_and_kms_holds_the_source_key() 
     let mut ids = Vec::new();
     for (spec, kind, len) in specs {
         let m = random_bytes(len);
-        ids.push(put_secret(&tokens.source, &format!("luna-{spec}"), kind, &m, true));
+        ids.push(put_secret(
+            &tokens.source,
+            &format!("luna-{spec}"),
+            kind,
+            &m,
+            true,
+        ));
         secrets.push(m);
     }
     let mut b = Bridge::start(&tokens, Opts::default()).await;
     let kms = b.kms().await;
     for (i, (spec, _, _)) in specs.iter().enumerate() {
         // By label for most, by hex CKA_ID for one.
-        let ident = if i == 2 { hex::encode(&ids[i]) } else { format!("luna-{spec}") };
+        let ident = if i == 2 {
+            hex::encode(&ids[i])
+        } else {
+            format!("luna-{spec}")
+        };
         let alias = format!("luna/{}", spec.to_lowercase());
-        let (s, r) = b.upload(upload_body(&b, "hsm-luna", &ident, spec, &alias)).await;
+        let (s, r) = b
+            .upload(upload_body(&b, "hsm-luna", &ident, spec, &alias))
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{r}");
         assert_record(&b, &r, spec, "hsm-luna", &alias).await;
         assert_eq!(r["local_key_name"], format!("luna-{spec}"));
         assert_eq!(r["local_key_id"], hex::encode(&ids[i]));
-        prove(&kms, r["aws_param"]["KeyID"].as_str().expect("id"), spec, &secrets[i]).await;
+        prove(
+            &kms,
+            r["aws_param"]["KeyID"].as_str().expect("id"),
+            spec,
+            &secrets[i],
+        )
+        .await;
     }
     b.restart().await;
     let (_, list) = b.get("/api/v1/cckm/aws/keys").await;
@@ -203,7 +298,13 @@ async fn hsm_luna_keys_generated_in_the_token_match_the_tokens_own_operations() 
     let kms = b.kms().await;
 
     let (s, r) = b
-        .upload(upload_body(&b, "hsm-luna", "luna-gen-hmac", "HMAC_256", "luna-gen-hmac"))
+        .upload(upload_body(
+            &b,
+            "hsm-luna",
+            "luna-gen-hmac",
+            "HMAC_256",
+            "luna-gen-hmac",
+        ))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{r}");
     let key_id = r["aws_param"]["KeyID"].as_str().expect("id");
@@ -215,7 +316,13 @@ async fn hsm_luna_keys_generated_in_the_token_match_the_tokens_own_operations() 
     );
 
     let (s, r) = b
-        .upload(upload_body(&b, "hsm-luna", "luna-gen-aes", "SYMMETRIC_DEFAULT", "luna-gen-aes"))
+        .upload(upload_body(
+            &b,
+            "hsm-luna",
+            "luna-gen-aes",
+            "SYMMETRIC_DEFAULT",
+            "luna-gen-aes",
+        ))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{r}");
     let key_id = r["aws_param"]["KeyID"].as_str().expect("id");
