@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests use (SoftHSM2, pkcs11-tool, LocalStack's KMS),
+# checks formatting and lints, then runs every test against the real parts.
+source "$(dirname "$0")/lib.sh"
+
+"$ROOT/softhsm-test/install-deps.sh"
+cd "$ROOT"
+export HSM_BRIDGE_KMS_VENV="$KMS_VENV"
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+say "cargo test"
+cargo test --locked -- --test-threads="${HSM_BRIDGE_TEST_THREADS:-4}"
