@@ -58,6 +58,13 @@ launch() {
     echo $!
 }
 
+stop_pid() {
+    local pid="$1" i
+    kill "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
 wait_ready() {
     local port="$1" i
     for i in $(seq 1 150); do
@@ -82,15 +89,19 @@ case "${1:-}" in
     run)
         [ $# -eq 3 ] || die "usage: $0 run PORT DIR"
         [ -x "$KMS_VENV/bin/python" ] || die "the KMS emulator is not installed: run softhsm-test/install-deps.sh"
+        parent=$PPID
         pid="$(launch "$2" "$3")"
-        trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null' EXIT
+        trap 'stop_pid "$pid"' EXIT
         if wait_ready "$2"; then echo "ready"; else cat "$3/emulator.log" >&2; exit 1; fi
-        # Stop when whoever started us goes away (the test process closes our stdin).
-        cat >/dev/null || true
+        # Stop when whoever started us goes away: it closes our stdin, or it is gone.
+        cat <&0 >/dev/null &
+        reader=$!
+        while kill -0 "$parent" 2>/dev/null && kill -0 "$reader" 2>/dev/null; do sleep 1; done
+        kill "$reader" 2>/dev/null || true
         ;;
     stop)
         [ $# -eq 2 ] || die "usage: $0 stop DIR"
-        if [ -s "$2/emulator.pid" ]; then kill "$(cat "$2/emulator.pid")" 2>/dev/null || true; rm -f "$2/emulator.pid"; fi
+        if [ -s "$2/emulator.pid" ]; then stop_pid "$(cat "$2/emulator.pid")"; rm -f "$2/emulator.pid"; fi
         ;;
     *) die "usage: $0 install | start PORT DIR | run PORT DIR | stop DIR" ;;
 esac

@@ -4,6 +4,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${HSM_BRIDGE_WORK:-$ROOT/.work}"
 KMS_VENV="${HSM_BRIDGE_KMS_VENV:-$WORK/kms-venv}"
+case "$KMS_VENV" in /*) ;; *) KMS_VENV="$PWD/$KMS_VENV" ;; esac
 SOFTHSM_MODULE="${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

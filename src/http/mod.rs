@@ -50,12 +50,40 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            max_body_bytes,
+            refuse_oversized,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_context,
         ))
         .with_state(state)
+}
+
+/// Bodies declared larger than the limit are read and discarded (up to a bound) before the
+/// 413 is sent, so that the client is still listening when the answer comes.
+async fn refuse_oversized(State(max): State<usize>, req: Request, next: Next) -> Response {
+    const DRAIN_AT_MOST: usize = 8 * 1024 * 1024;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(n) if n > max => {
+            if n <= DRAIN_AT_MOST {
+                let _ = axum::body::to_bytes(req.into_body(), DRAIN_AT_MOST).await;
+            }
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body is too large ({n} bytes; at most {max})"),
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn health() -> impl IntoResponse {

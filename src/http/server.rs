@@ -73,7 +73,17 @@ fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, ServeError> {
     Ok(sc)
 }
 
+/// Keeps PINs and unwrapped secrets out of core dumps and away from same-user ptrace.
+fn forbid_dumps() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes this process's dumpable flag.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!("could not mark the process non-dumpable");
+    }
+}
+
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    forbid_dumps();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tls = if cfg.server.plaintext {
         None

@@ -85,7 +85,8 @@ fn a_bad_config_exits_non_zero_with_one_line_naming_the_key() {
     let dir = tempfile::tempdir().expect("dir");
     let good = good_config(dir.path(), &tokens);
     let path = dir.path().join("c.toml");
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             good.replace("plaintext = true", "plaintext = true\ncolour = \"red\""),
             vec![],
@@ -151,6 +152,14 @@ fn a_bad_config_exits_non_zero_with_one_line_naming_the_key() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/pin"), "{err}");
+}
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let example = format!("{REPO}/systemd/hsm-bridge.toml.example");
+    let (code, out, err) = run(&["check-config", "--config", &example], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("is valid"));
 }
 
 #[test]

@@ -41,7 +41,7 @@ pub struct World {
     counter: AtomicU64,
 }
 
-static WORLD: OnceLock<World> = OnceLock::new();
+static WORLD: OnceLock<Result<World, String>> = OnceLock::new();
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -50,8 +50,23 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Sets the world up once; if that fails, every test fails at once with the same reason.
 pub fn world() -> &'static World {
-    WORLD.get_or_init(|| {
+    match WORLD.get_or_init(|| {
+        std::panic::catch_unwind(build_world).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "unknown failure".to_owned())
+        })
+    }) {
+        Ok(w) => w,
+        Err(why) => panic!("the test world could not be set up: {why}"),
+    }
+}
+
+fn build_world() -> World {
+    {
         assert!(
             Path::new(SOFTHSM_MODULE).exists(),
             "SoftHSM2 is not installed ({SOFTHSM_MODULE} missing): run softhsm-test/install-deps.sh"
@@ -112,7 +127,7 @@ pub fn world() -> &'static World {
             emulator: Mutex::new((child, stdin)),
             counter: AtomicU64::new(0),
         }
-    })
+    }
 }
 
 impl World {
@@ -549,11 +564,11 @@ operation_timeout_secs = 10
         self.child = Some(child);
         let start = Instant::now();
         loop {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
-                if a.ends_with('\n') {
-                    self.url = a.trim().to_owned();
-                    break;
-                }
+            if let Ok(a) = std::fs::read_to_string(&addr_file)
+                && a.ends_with('\n')
+            {
+                self.url = a.trim().to_owned();
+                break;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!(

@@ -399,7 +399,16 @@ async fn malformed_requests_never_yield_a_500() {
     let t = Some(b.token.as_str());
     let up = "/api/v1/cckm/aws/upload-key";
     let json_ct = Some("application/json");
-    let cases: Vec<(&str, Method, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        Method,
+        &'a str,
+        Option<&'a str>,
+        Vec<u8>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "syntax",
             Method::POST,
