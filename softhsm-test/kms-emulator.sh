@@ -51,7 +51,7 @@ launch() {
     mkdir -p "$dir/volume" "$dir/tmp"
     make_cert "$dir"
     cd "$dir"
-    env SERVICES=kms,sts EAGER_SERVICE_LOADING=1 GATEWAY_SERVER=hypercorn \
+    env SERVICES=kms EAGER_SERVICE_LOADING=1 GATEWAY_SERVER=hypercorn \
         GATEWAY_LISTEN="127.0.0.1:$port" DNS_ADDRESS=0 DISABLE_EVENTS=1 SKIP_INFRA_DOWNLOADS=1 \
         LOCALSTACK_VOLUME_DIR="$dir/volume" TMPDIR="$dir/tmp" CUSTOM_SSL_CERT_PATH="$dir/server.pem" \
         "$KMS_VENV/bin/python" -m localstack.runtime.main >"$dir/emulator.log" 2>&1 &

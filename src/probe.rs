@@ -7,7 +7,10 @@ use crate::config::{Config, TokenRole};
 use crate::pkcs11::{TokenError, TokenSet};
 
 pub fn run(cfg: &Config) -> Result<Value, TokenError> {
-    let set = TokenSet::open(cfg)?;
+    let set = TokenSet::open(cfg, false)?;
+    let vault = set.vault().clone();
+    let kek_label = vault.kek_label.clone();
+    let kek = vault.run_blocking(|s| crate::pkcs11::ops::find_kek(s, &kek_label))?;
     let tokens: Vec<Value> = set
         .all()
         .iter()
@@ -30,6 +33,10 @@ pub fn run(cfg: &Config) -> Result<Value, TokenError> {
                     "exact_lengths": crate::pkcs11::selftest::describe_lengths(&s.exact_lengths),
                 })),
                 "findings": caps.map(|c| &c.findings),
+                "vault_kek": (t.name == vault.name).then(|| json!({
+                    "label": t.kek_label,
+                    "present": kek.is_some(),
+                })),
             })
         })
         .collect();
@@ -73,6 +80,17 @@ pub fn render(report: &Value) -> String {
                 "  vault storage: {} ({})\n",
                 s["mechanism"].as_str().unwrap_or(""),
                 s["exact_lengths"].as_str().unwrap_or("")
+            ));
+        }
+        if let Some(k) = t["vault_kek"].as_object() {
+            out.push_str(&format!(
+                "  vault KEK \"{}\": {}\n",
+                k["label"].as_str().unwrap_or(""),
+                if k["present"].as_bool() == Some(true) {
+                    "present"
+                } else {
+                    "not created yet (the daemon creates it at its first start)"
+                }
             ));
         }
         out.push_str("  self-test:\n");

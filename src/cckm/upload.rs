@@ -330,7 +330,7 @@ impl Uploader {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_rfc3339();
         let ident = token.ident();
-        let record = record::build(
+        let mut record = record::build(
             &id,
             &now,
             req,
@@ -347,7 +347,6 @@ impl Uploader {
                 template_id,
             },
         );
-        let mut record = record;
         if let (Expiry::At(t), Value::Null) = (req.expiry, &record["aws_param"]["ValidTo"]) {
             // Some KMS implementations do not echo ValidTo: show the one that was imported.
             record["aws_param"]["ValidTo"] = Value::String(crate::store::format_time(t));

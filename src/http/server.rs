@@ -99,7 +99,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         ))
     })?;
     let token_cfg = cfg.clone();
-    let tokens = tokio::task::spawn_blocking(move || TokenSet::open(&token_cfg))
+    let tokens = tokio::task::spawn_blocking(move || TokenSet::open(&token_cfg, true))
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?
         .map_err(|e| ServeError::Setup(e.to_string()))?;

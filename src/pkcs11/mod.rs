@@ -21,9 +21,9 @@ pub struct TokenSet {
 }
 
 impl TokenSet {
-    /// Opens every token, logs in, runs the self-test and makes sure the vault KEK exists.
-    /// Blocking; called once at start (and by `probe`).
-    pub fn open(cfg: &Config) -> Result<Self, TokenError> {
+    /// Opens every token, logs in and runs the self-test; when serving, also makes sure the
+    /// vault KEK exists (`probe` changes nothing in the tokens). Blocking; called once at start.
+    pub fn open(cfg: &Config, serving: bool) -> Result<Self, TokenError> {
         let modules = token::Modules::default();
         let test_key = selftest::TestKey::generate()?;
         let mut tokens = Vec::new();
@@ -65,8 +65,10 @@ impl TokenSet {
             .iter()
             .position(|t| t.name == vault_name)
             .ok_or_else(|| TokenError::Refused("no vault token".into()))?;
-        let kek_label = tokens[vault].kek_label.clone();
-        tokens[vault].run_blocking(|s| ops::ensure_kek(s, &kek_label).map(|_| ()))?;
+        if serving {
+            let kek_label = tokens[vault].kek_label.clone();
+            tokens[vault].run_blocking(|s| ops::ensure_kek(s, &kek_label).map(|_| ()))?;
+        }
         Ok(Self { tokens, vault })
     }
 

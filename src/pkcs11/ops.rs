@@ -210,52 +210,60 @@ pub fn create_test_kek<'s>(
     Ok(guard(session, h))
 }
 
-/// The vault key-encryption key: a persistent, non-extractable AES-256 token object found by
-/// label, created on first use.
-pub fn ensure_kek(session: &Session, label: &str) -> Result<(ObjectHandle, Vec<u8>), TokenError> {
+/// The vault key-encryption key, found by label: a persistent, non-extractable AES-256 token
+/// object. `None` when the token has none; an error when several carry the label.
+pub fn find_kek(
+    session: &Session,
+    label: &str,
+) -> Result<Option<(ObjectHandle, Vec<u8>)>, TokenError> {
     let found = session
         .find_objects(&[
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::Label(label.as_bytes().to_vec()),
         ])
         .map_err(TokenError::ck("C_FindObjects (KEK)"))?;
-    let handle = match found.as_slice() {
-        [h] => *h,
-        [] => {
-            let id: [u8; 16] = rand::random();
-            let t = [
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32u64.into()),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Wrap(true),
-                Attribute::Unwrap(true),
-                Attribute::Encrypt(false),
-                Attribute::Decrypt(false),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Id(id.to_vec()),
-            ];
-            let h = session
-                .generate_key(&Mechanism::AesKeyGen, &t)
-                .map_err(TokenError::ck("C_GenerateKey (KEK)"))?;
-            tracing::info!(
-                label,
-                "created the vault key-encryption key in the bridge token"
-            );
-            h
+    match found.as_slice() {
+        [] => Ok(None),
+        [h] => {
+            let id = read_bytes(session, *h, AttributeType::Id)?.unwrap_or_default();
+            Ok(Some((*h, id)))
         }
-        many => {
-            return Err(TokenError::Refused(format!(
-                "{} keys carry the KEK label \"{label}\"; exactly one is expected",
-                many.len()
-            )));
-        }
-    };
-    let id = read_bytes(session, handle, AttributeType::Id)?.unwrap_or_default();
-    Ok((handle, id))
+        many => Err(TokenError::Refused(format!(
+            "{} keys carry the KEK label \"{label}\"; exactly one is expected",
+            many.len()
+        ))),
+    }
+}
+
+/// The vault KEK, generated in the token on first use.
+pub fn ensure_kek(session: &Session, label: &str) -> Result<(ObjectHandle, Vec<u8>), TokenError> {
+    if let Some(found) = find_kek(session, label)? {
+        return Ok(found);
+    }
+    let id: [u8; 16] = rand::random();
+    let t = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32u64.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    let h = session
+        .generate_key(&Mechanism::AesKeyGen, &t)
+        .map_err(TokenError::ck("C_GenerateKey (KEK)"))?;
+    tracing::info!(
+        label,
+        "created the vault key-encryption key in the bridge token"
+    );
+    Ok((h, id.to_vec()))
 }
 
 pub fn read_bytes(

@@ -386,7 +386,12 @@ pub fn unwrap_into<'s>(
     session: &'s cryptoki::session::Session,
     row: &VaultKeyRow,
 ) -> Result<SessionObject<'s>, TokenError> {
-    let (kek, kek_id) = ops::ensure_kek(session, &row.kek_label)?;
+    let (kek, kek_id) = ops::find_kek(session, &row.kek_label)?.ok_or_else(|| {
+        TokenError::Refused(format!(
+            "the bridge token has no key labelled \"{}\": vault key {} cannot be unwrapped",
+            row.kek_label, row.id
+        ))
+    })?;
     if kek_id != row.kek_id {
         return Err(TokenError::Refused(format!(
             "vault key {} was stored under another KEK than the one labelled \"{}\" in this token",

@@ -29,7 +29,7 @@ fn claims(iss: &str, exp: i64, groups: &[&str]) -> serde_json::Value {
 async fn every_bad_token_is_refused_and_nothing_reaches_aws() {
     let tokens = Tokens::new();
     let b = Bridge::start(&tokens, Opts::default()).await;
-    let id = b.vault_import("guarded", "aes", &random_bytes(32)).await;
+    let id = b.vault_import("guarded", "aes", &secret(32)).await;
     let body = serde_json::to_vec(&json!({
         "source_key_identifier": id, "kms": b.kms_name, "region": REGION,
         "aws_param": {"Alias": "guarded"}
@@ -139,4 +139,5 @@ async fn every_bad_token_is_refused_and_nothing_reaches_aws() {
         )
         .await;
     assert_eq!(s.as_u16(), 201, "{r}");
+    b.finish().await;
 }

@@ -282,4 +282,5 @@ async fn the_daemon_serves_https_with_rustls() {
         r.map(|r| !r.status().is_success()).unwrap_or(true),
         "no plain HTTP on a TLS port"
     );
+    b.finish().await;
 }

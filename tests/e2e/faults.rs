@@ -22,7 +22,7 @@ async fn setup(cleanup_secs: u64) -> (Tokens, FaultProxy, Bridge, String) {
         },
     )
     .await;
-    let id = b.vault_import("faulty", "aes", &random_bytes(32)).await;
+    let id = b.vault_import("faulty", "aes", &secret(32)).await;
     (tokens, proxy, b, id)
 }
 
@@ -98,6 +98,7 @@ async fn import_refused_schedules_the_new_key_for_deletion_at_once() {
     assert!(a[0]["deletion_date"].is_string(), "{a:?}");
     let (_, list) = b.get("/api/v1/cckm/aws/keys").await;
     assert_eq!(list["total"], 0, "no record for a failed upload");
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,6 +119,7 @@ async fn alias_refused_after_import_leaves_no_enabled_key() {
         "the imported (enabled) key must not stay usable"
     );
     assert_eq!(attempts(&b).await[0]["stage"], "CreateAlias");
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,6 +148,7 @@ async fn aws_going_away_after_create_key_is_cleaned_up_when_it_returns() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,6 +177,7 @@ async fn a_lost_create_key_answer_is_found_by_its_tag_and_cleaned_up() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,4 +228,5 @@ async fn a_daemon_killed_mid_upload_cleans_up_after_restart() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    b.finish().await;
 }

@@ -39,9 +39,31 @@ pub struct World {
     pub kms_endpoint: String,
     emulator: Mutex<(Child, ChildStdin)>,
     counter: AtomicU64,
+    /// Every piece of key material a test gave to a token or the daemon.
+    secrets: Mutex<Vec<Vec<u8>>>,
 }
 
 static WORLD: OnceLock<Result<World, String>> = OnceLock::new();
+
+/// The world's directory is never dropped (it lives in a static): remove those of test
+/// processes that are gone.
+fn remove_stale_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("hsm-bridge-e2e-") else {
+            continue;
+        };
+        let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
+        // SAFETY: kill(pid, 0) only asks whether the process exists.
+        if let Some(pid) = pid.filter(|p| unsafe { libc::kill(*p, 0) } != 0) {
+            let _ = pid;
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -71,8 +93,9 @@ fn build_world() -> World {
             Path::new(SOFTHSM_MODULE).exists(),
             "SoftHSM2 is not installed ({SOFTHSM_MODULE} missing): run softhsm-test/install-deps.sh"
         );
+        remove_stale_runs();
         let dir = tempfile::Builder::new()
-            .prefix("hsm-bridge-e2e-")
+            .prefix(&format!("hsm-bridge-e2e-{}-", std::process::id()))
             .tempdir()
             .expect("tempdir");
         let tokens = dir.path().join("softhsm-tokens");
@@ -126,6 +149,7 @@ fn build_world() -> World {
             kms_endpoint: format!("http://127.0.0.1:{port}"),
             emulator: Mutex::new((child, stdin)),
             counter: AtomicU64::new(0),
+            secrets: Mutex::new(Vec::new()),
         }
     }
 }
@@ -371,6 +395,7 @@ pub fn vault_key_value(bridge: &Bridge, tokens: &Tokens, key_id: &str) -> Vec<u8
         })
         .expect("CKA_VALUE");
     s.destroy_object(h).expect("destroy");
+    remember(&v);
     v
 }
 
@@ -391,6 +416,8 @@ pub struct Opts {
     pub extra_toml: String,
     /// Replaces the `[server]` keys (except address_file).
     pub server_toml: Option<String>,
+    /// AWS credentials from a named profile in ~/.aws instead of the environment.
+    pub aws_profile: bool,
 }
 
 impl Default for Opts {
@@ -402,6 +429,7 @@ impl Default for Opts {
             with_source: true,
             extra_toml: String::new(),
             server_toml: None,
+            aws_profile: false,
         }
     }
 }
@@ -418,6 +446,7 @@ pub struct Bridge {
     pub token: String,
     child: Option<Child>,
     http: reqwest::Client,
+    env_credentials: bool,
 }
 
 pub const ISSUER: &str = "hsm-bridge-tests";
@@ -432,7 +461,7 @@ impl Bridge {
             .expect("tempdir");
         let d = dir.path();
         std::fs::write(d.join("pin"), USER_PIN).expect("pin");
-        let jwt_secret: Vec<u8> = (0..48).map(|_| rand::random::<u8>()).collect();
+        let jwt_secret = secret(48);
         std::fs::write(d.join("jwt.key"), &jwt_secret).expect("jwt");
         let account = w.new_account();
         let n = w.next();
@@ -497,6 +526,7 @@ endpoint_url = "{endpoint}"
 wrapping_key_spec = "{wks}"
 max_attempts = 1
 operation_timeout_secs = 10
+{profile}
 {extra}
 "#,
             d = d.display(),
@@ -507,8 +537,21 @@ operation_timeout_secs = 10
             cleanup = opts.cleanup_interval_secs,
             bridge = tokens.bridge,
             wks = opts.wrapping_key_spec,
+            profile = if opts.aws_profile {
+                "profile = \"bridge\""
+            } else {
+                ""
+            },
             extra = opts.extra_toml,
         );
+        if opts.aws_profile {
+            std::fs::create_dir_all(d.join(".aws")).expect(".aws");
+            std::fs::write(
+                d.join(".aws/credentials"),
+                format!("[bridge]\naws_access_key_id = {account}\naws_secret_access_key = test\n"),
+            )
+            .expect("credentials");
+        }
         let config_path = d.join("hsm-bridge.toml");
         std::fs::write(&config_path, config).expect("config");
         let token = mint_cli(&config_path, "alice", &[GROUP]);
@@ -522,6 +565,7 @@ operation_timeout_secs = 10
             jwt_secret,
             token,
             child: None,
+            env_credentials: !opts.aws_profile,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .danger_accept_invalid_certs(opts.server_toml.is_some())
@@ -544,17 +588,20 @@ operation_timeout_secs = 10
     pub async fn launch(&mut self) {
         let addr_file = self.dir.path().join("address");
         let _ = std::fs::remove_file(&addr_file);
-        let child = Command::new(BIN)
-            .arg("serve")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
             .arg("--config")
             .arg(&self.config)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
             .env("SOFTHSM2_CONF", &world().softhsm_conf)
-            .env("AWS_ACCESS_KEY_ID", &self.account)
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        if self.env_credentials {
+            cmd.env("AWS_ACCESS_KEY_ID", &self.account)
+                .env("AWS_SECRET_ACCESS_KEY", "test");
+        }
+        let child = cmd
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(self.log_file("daemon.out"))
@@ -626,6 +673,12 @@ operation_timeout_secs = 10
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The end of every test: stop the daemon cleanly and check it leaked no key material.
+    pub async fn finish(mut self) {
+        self.stop().await;
+        assert_no_leak(&self);
     }
 
     pub async fn restart(&mut self) {
@@ -800,6 +853,22 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     (0..n).map(|_| rand::random::<u8>()).collect()
 }
 
+/// Random key material, remembered so that every daemon's logs and store are checked for it.
+pub fn secret(n: usize) -> Vec<u8> {
+    let v = random_bytes(n);
+    remember(&v);
+    v
+}
+
+/// Remembers material a test learned (a generated key it read back through the token).
+pub fn remember(v: &[u8]) {
+    world()
+        .secrets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(v.to_vec());
+}
+
 /// Proves the KMS key holds `material`: a KMS ciphertext decrypts with it.
 pub async fn prove_aes(kms: &KmsClient, key_id: &str, material: &[u8]) {
     use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -915,9 +984,14 @@ pub fn assert_error(status: StatusCode, body: &Value, want: u16, needle: &str) {
     );
 }
 
-/// After the daemon stopped: none of these secrets appears in its logs or its store files, in
-/// raw, hex or base64 form.
-pub fn assert_no_leak(bridge: &Bridge, secrets: &[Vec<u8>]) {
+/// After the daemon stopped: no key material any test used appears in its logs or its store
+/// files, in raw, hex or base64 form.
+pub fn assert_no_leak(bridge: &Bridge) {
+    let secrets = world()
+        .secrets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     use base64::Engine;
     let mut haystacks: Vec<(String, Vec<u8>)> = vec![("logs".into(), bridge.logs())];
     for entry in std::fs::read_dir(bridge.db_path.parent().expect("state dir")).expect("state dir")
@@ -928,7 +1002,14 @@ pub fn assert_no_leak(bridge: &Bridge, secrets: &[Vec<u8>]) {
             std::fs::read(&p).unwrap_or_default(),
         ));
     }
-    for s in secrets {
+    let logs = bridge.logs();
+    for pin in [USER_PIN, SO_PIN] {
+        assert!(
+            !logs.windows(pin.len()).any(|w| w == pin.as_bytes()),
+            "a PIN appears in the logs"
+        );
+    }
+    for s in &secrets {
         assert!(s.len() >= 16, "only real key material is checked");
         let forms = [
             s.clone(),

@@ -32,7 +32,7 @@ fn sids(p: &Value) -> Vec<String> {
 async fn policies_expiry_and_tags_reach_aws() {
     let tokens = Tokens::new();
     let b = Bridge::start(&tokens, Opts::default()).await;
-    let material = random_bytes(32);
+    let material = secret(32);
     let src = b.vault_import("policy-src", "aes", &material).await;
     let base = |alias: &str| {
         json!({"source_key_tier": "local", "source_key_identifier": src, "kms": b.kms_name,
@@ -156,15 +156,14 @@ async fn policies_expiry_and_tags_reach_aws() {
     );
     assert!(tags.contains(&("empty".into(), String::new())), "{tags:?}");
     prove_aes(&kms, &key, &material).await;
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_templates_are_stored_applied_and_guarded() {
     let tokens = Tokens::new();
     let b = Bridge::start(&tokens, Opts::default()).await;
-    let src = b
-        .vault_import("tpl-src", "hmac-sha256", &random_bytes(32))
-        .await;
+    let src = b.vault_import("tpl-src", "hmac-sha256", &secret(32)).await;
 
     let (s, t) = b
         .post(
@@ -258,4 +257,36 @@ async fn policy_templates_are_stored_applied_and_guarded() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (_, list) = b.get("/api/v1/cckm/aws/templates").await;
     assert_eq!(list["total"], 1);
+    b.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_credentials_can_come_from_a_named_profile() {
+    let tokens = Tokens::new();
+    let b = Bridge::start(
+        &tokens,
+        Opts {
+            aws_profile: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let material = secret(32);
+    let src = b.vault_import("profiled", "aes", &material).await;
+    let (s, r) = b
+        .upload(json!({"source_key_identifier": src, "kms": b.kms_id, "region": REGION, "aws_param": {"Alias": "profiled"}}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_eq!(
+        r["aws_param"]["AWSAccountId"],
+        b.account.as_str(),
+        "the profile's account"
+    );
+    prove_aes(
+        &b.kms().await,
+        r["aws_param"]["KeyID"].as_str().expect("id"),
+        &material,
+    )
+    .await;
+    b.finish().await;
 }

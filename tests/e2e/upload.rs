@@ -157,7 +157,7 @@ async fn local_tier_uploads_every_secret_spec_and_kms_holds_the_source_key() {
     let mut secrets = Vec::new();
     let mut uploaded = Vec::new();
     for (spec, alg, len) in SECRET_SPECS {
-        let material = random_bytes(len);
+        let material = secret(len);
         let id = b
             .vault_import(&format!("imported-{spec}"), alg, &material)
             .await;
@@ -195,14 +195,13 @@ async fn local_tier_uploads_every_secret_spec_and_kms_holds_the_source_key() {
         .await;
     assert_eq!(by_region["total"], 0);
 
-    b.stop().await;
-    assert_no_leak(&b, &secrets);
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_tier_generated_keys_are_proven_through_the_token() {
     let tokens = Tokens::new();
-    let mut b = Bridge::start(&tokens, Opts::default()).await;
+    let b = Bridge::start(&tokens, Opts::default()).await;
     let kms = b.kms().await;
     let mut secrets = Vec::new();
     for (spec, alg) in [("SYMMETRIC_DEFAULT", "aes"), ("HMAC_512", "hmac-sha512")] {
@@ -230,8 +229,7 @@ async fn local_tier_generated_keys_are_proven_through_the_token() {
         .await;
         secrets.push(material);
     }
-    b.stop().await;
-    assert_no_leak(&b, &secrets);
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +245,7 @@ async fn hsm_luna_tier_uploads_every_secret_spec_and_kms_holds_the_source_key() 
     let mut secrets = Vec::new();
     let mut ids = Vec::new();
     for (spec, kind, len) in specs {
-        let m = random_bytes(len);
+        let m = secret(len);
         ids.push(put_secret(
             &tokens.source,
             &format!("luna-{spec}"),
@@ -285,8 +283,7 @@ async fn hsm_luna_tier_uploads_every_secret_spec_and_kms_holds_the_source_key() 
     b.restart().await;
     let (_, list) = b.get("/api/v1/cckm/aws/keys").await;
     assert_eq!(list["total"], 5);
-    b.stop().await;
-    assert_no_leak(&b, &secrets);
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,4 +330,5 @@ async fn hsm_luna_keys_generated_in_the_token_match_the_tokens_own_operations() 
         plain,
         "the token decrypts what KMS encrypted"
     );
+    b.finish().await;
 }

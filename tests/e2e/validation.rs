@@ -28,27 +28,13 @@ fn with(base: &Value, f: impl FnOnce(&mut Value)) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invalid_upload_is_refused_before_anything_reaches_aws() {
     let tokens = Tokens::new();
-    put_secret(
-        &tokens.source,
-        "locked",
-        Kind::Aes,
-        &random_bytes(32),
-        false,
-    );
-    put_secret(&tokens.source, "dup", Kind::Aes, &random_bytes(32), true);
-    put_secret(&tokens.source, "dup", Kind::Aes, &random_bytes(32), true);
-    put_secret(
-        &tokens.source,
-        "short-hmac",
-        Kind::Hmac,
-        &random_bytes(20),
-        true,
-    );
+    put_secret(&tokens.source, "locked", Kind::Aes, &secret(32), false);
+    put_secret(&tokens.source, "dup", Kind::Aes, &secret(32), true);
+    put_secret(&tokens.source, "dup", Kind::Aes, &secret(32), true);
+    put_secret(&tokens.source, "short-hmac", Kind::Hmac, &secret(20), true);
     let b = Bridge::start(&tokens, Opts::default()).await;
-    let aes = b.vault_import("aes-key", "aes", &random_bytes(32)).await;
-    let hmac = b
-        .vault_import("hmac-key", "hmac-sha384", &random_bytes(48))
-        .await;
+    let aes = b.vault_import("aes-key", "aes", &secret(32)).await;
+    let hmac = b.vault_import("hmac-key", "hmac-sha384", &secret(48)).await;
     let kms = b.kms().await;
 
     let base = json!({
@@ -376,20 +362,22 @@ async fn every_invalid_upload_is_refused_before_anything_reaches_aws() {
     );
     let (_, a) = b.get("/api/v1/cckm/aws/upload-attempts").await;
     assert_eq!(a["total"], 0, "nothing was attempted: {a}");
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alias_already_taken_is_refused_before_create_key() {
     let tokens = Tokens::new();
     let b = Bridge::start(&tokens, Opts::default()).await;
-    let first = b.vault_import("one", "aes", &random_bytes(32)).await;
-    let second = b.vault_import("two", "aes", &random_bytes(32)).await;
+    let first = b.vault_import("one", "aes", &secret(32)).await;
+    let second = b.vault_import("two", "aes", &secret(32)).await;
     let req = |id: &str| json!({"source_key_identifier": id, "kms": b.kms_name, "region": REGION, "aws_param": {"Alias": "taken"}});
     let (s, r) = b.upload(req(&first)).await;
     assert_eq!(s, StatusCode::CREATED, "{r}");
     let (s, r) = b.upload(req(&second)).await;
     assert_error(s, &r, 409, "already exists");
     assert_eq!(kms_key_count(&b.kms().await).await, 1, "no second key");
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,4 +605,5 @@ async fn malformed_requests_never_yield_a_500() {
     // Still serving after all that.
     let (s, _) = b.get("/api/v1/cckm/aws/keys").await;
     assert_eq!(s, StatusCode::OK);
+    b.finish().await;
 }
