@@ -33,6 +33,12 @@ pub fn run(cfg: &Config) -> Result<Value, TokenError> {
                     "exact_lengths": crate::pkcs11::selftest::describe_lengths(&s.exact_lengths),
                 })),
                 "findings": caps.map(|c| &c.findings),
+                "private_keys": caps.map(|c| c.private_findings.iter().map(|(k, f)| json!({
+                    "key_type": k.name(),
+                    "aws_wrapping_algorithm": c.private.get(k).and_then(|m| m.first()).map(|m| format!("RSA_AES_KEY_WRAP_{}", crate::pkcs11::selftest::aws_hash(m.hash()))),
+                    "vault_storage": c.private_storage.contains(k),
+                    "methods": f,
+                })).collect::<Vec<_>>()),
                 "vault_kek": (t.name == vault.name).then(|| json!({
                     "label": t.kek_label,
                     "present": kek.is_some(),
@@ -93,6 +99,7 @@ pub fn render(report: &Value) -> String {
                 }
             ));
         }
+        out.push_str(&private_table(&t["private_keys"]));
         out.push_str("  self-test:\n");
         for f in t["findings"].as_array().into_iter().flatten() {
             out.push_str(&format!(
@@ -106,6 +113,65 @@ pub fn render(report: &Value) -> String {
                 f["detail"].as_str().unwrap_or("")
             ));
         }
+    }
+    out
+}
+
+/// Key type by wrap method: what each private key type can be exported with.
+fn private_table(rows: &Value) -> String {
+    let rows: Vec<&Value> = rows.as_array().into_iter().flatten().collect();
+    let mut methods: Vec<String> = Vec::new();
+    for r in &rows {
+        for m in r["methods"].as_array().into_iter().flatten() {
+            let name = m["method"].as_str().unwrap_or("").to_owned();
+            if !methods.contains(&name) {
+                methods.push(name);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("  private keys, by wrap method (AWS RSA_AES_KEY_WRAP):\n");
+    for (i, m) in methods.iter().enumerate() {
+        out.push_str(&format!("    [{}] {m}\n", i + 1));
+    }
+    out.push_str(&format!("    {:<14}", "key type"));
+    for i in 0..methods.len() {
+        out.push_str(&format!(" {:<8}", format!("[{}]", i + 1)));
+    }
+    out.push_str(" uses\n");
+    let mut notes = Vec::new();
+    for r in rows {
+        let kind = r["key_type"].as_str().unwrap_or("");
+        out.push_str(&format!("    {kind:<14}"));
+        let found: Vec<&Value> = r["methods"].as_array().into_iter().flatten().collect();
+        for m in &methods {
+            let cell = match found
+                .iter()
+                .find(|f| f["method"].as_str() == Some(m.as_str()))
+            {
+                Some(f) if f["proven"].as_bool() == Some(true) => "proven",
+                Some(f) => {
+                    notes.push(format!(
+                        "{kind}, {m}: {}",
+                        f["detail"].as_str().unwrap_or("")
+                    ));
+                    "refused"
+                }
+                None => "-",
+            };
+            out.push_str(&format!(" {cell:<8}"));
+        }
+        out.push_str(&format!(
+            " {}\n",
+            r["aws_wrapping_algorithm"]
+                .as_str()
+                .unwrap_or("none: uploads refused")
+        ));
+    }
+    for n in notes {
+        out.push_str(&format!("      {n}\n"));
     }
     out
 }

@@ -6,7 +6,8 @@
 //! `#[repr(transparent)]` over `CK_MECHANISM_TYPE` (the crate relies on this itself to pass
 //! vectors of it to C), so a value of any code is made by transmuting the raw code; it is then
 //! passed through the crate's own `VendorDefinedMechanism`, which only carries the code and an
-//! optional parameter pointer to `C_WrapKey` / `C_UnwrapKey`.
+//! optional parameter pointer to `C_WrapKey` / `C_UnwrapKey`. CKM_RSA_AES_KEY_WRAP's parameters
+//! are built here from `cryptoki-sys` structures for the same reason.
 
 use std::fmt;
 
@@ -45,6 +46,39 @@ impl RawMechanism {
             self.mechanism_type(),
             None,
         ))
+    }
+
+    /// Runs `f` with CKM_RSA_AES_KEY_WRAP (0x1054) set up for AWS's RSA_AES_KEY_WRAP_SHA_*:
+    /// an AES-256 ephemeral key, OAEP with `hash` and MGF1 of the same digest, empty label.
+    /// The parameter structures live on this stack frame for the whole call.
+    pub fn with_rsa_aes_key_wrap<R>(
+        hash: super::profile::OaepHash,
+        f: impl FnOnce(&Mechanism<'_>) -> R,
+    ) -> R {
+        use cryptoki_sys::{
+            CK_RSA_AES_KEY_WRAP_PARAMS, CK_RSA_PKCS_OAEP_PARAMS, CKG_MGF1_SHA1, CKG_MGF1_SHA256,
+            CKM_SHA_1, CKM_SHA256, CKZ_DATA_SPECIFIED,
+        };
+        let (h, mgf) = match hash {
+            super::profile::OaepHash::Sha1 => (CKM_SHA_1, CKG_MGF1_SHA1),
+            super::profile::OaepHash::Sha256 => (CKM_SHA256, CKG_MGF1_SHA256),
+        };
+        let mut oaep = CK_RSA_PKCS_OAEP_PARAMS {
+            hashAlg: h,
+            mgf,
+            source: CKZ_DATA_SPECIFIED,
+            pSourceData: std::ptr::null_mut(),
+            ulSourceDataLen: 0,
+        };
+        let params = CK_RSA_AES_KEY_WRAP_PARAMS {
+            ulAESKeyBits: 256,
+            pOAEPParams: &mut oaep,
+        };
+        let mech = Mechanism::VendorDefined(VendorDefinedMechanism::new(
+            RawMechanism::new(CKM_RSA_AES_KEY_WRAP).mechanism_type(),
+            Some(&params),
+        ));
+        f(&mech)
     }
 
     pub fn name(self) -> String {

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::error::TokenError;
-use super::mechanism_ext::RawMechanism;
+use super::keys::{self, PrivateKind, PrivateMaterial};
+use super::mechanism_ext::{CKM_RSA_AES_KEY_WRAP, RawMechanism};
 use super::profile::OaepHash;
 
 /// The kinds of secret keys the bridge moves: AES keys and HMAC keys (generic secrets).
@@ -354,3 +355,232 @@ pub fn find_keys(
 
 /// Material that only exists to be wiped: used for known-answer secrets.
 pub type Material = Zeroizing<Vec<u8>>;
+
+/// How a private key is wrapped for AWS (RSA_AES_KEY_WRAP_SHA_1 or _SHA_256).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum PrivateWrap {
+    /// The token's own CKM_RSA_AES_KEY_WRAP.
+    Native { hash: OaepHash },
+    /// Composed in the token: an ephemeral AES-256 session key, RFC 5649 wrap of the private
+    /// key under it with `kwp`, RSA-OAEP wrap of the ephemeral key under the AWS key.
+    Composed { hash: OaepHash, kwp: RawMechanism },
+}
+
+impl PrivateWrap {
+    pub fn hash(self) -> OaepHash {
+        match self {
+            PrivateWrap::Native { hash } | PrivateWrap::Composed { hash, .. } => hash,
+        }
+    }
+
+    /// The mechanism the AWS wrapping key object is restricted to.
+    pub fn wrapping_key_mechanism(self) -> MechanismType {
+        match self {
+            PrivateWrap::Native { .. } => RawMechanism::new(CKM_RSA_AES_KEY_WRAP).mechanism_type(),
+            PrivateWrap::Composed { .. } => MechanismType::RSA_PKCS_OAEP,
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            PrivateWrap::Native { hash } => format!("native CKM_RSA_AES_KEY_WRAP, OAEP {hash}"),
+            PrivateWrap::Composed { hash, kwp } => {
+                format!("composed: {} + RSA-OAEP {hash}", kwp.name())
+            }
+        }
+    }
+}
+
+/// Wraps a private key under an RSA public key the AWS way: `OAEP(ephemeral AES-256 key) ||
+/// RFC5649(PKCS#8)`. The ephemeral key of the composed form is a session object destroyed
+/// before this returns, whatever happens.
+pub fn rsa_aes_wrap(
+    session: &Session,
+    method: PrivateWrap,
+    wrapping: ObjectHandle,
+    key: ObjectHandle,
+) -> Result<Vec<u8>, TokenError> {
+    match method {
+        PrivateWrap::Native { hash } => RawMechanism::with_rsa_aes_key_wrap(hash, |m| {
+            session
+                .wrap_key(m, wrapping, key)
+                .map_err(TokenError::ck("C_WrapKey (CKM_RSA_AES_KEY_WRAP)"))
+        }),
+        PrivateWrap::Composed { hash, kwp } => {
+            let t = [
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32u64.into()),
+                Attribute::Token(false),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(true),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(false),
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
+            ];
+            let ephemeral = guard(
+                session,
+                session
+                    .generate_key(&Mechanism::AesKeyGen, &t)
+                    .map_err(TokenError::ck("C_GenerateKey (ephemeral AES)"))?,
+            );
+            let wrapped_key = kwp_wrap(session, kwp, ephemeral.handle(), key)?;
+            let mut out = oaep_wrap(session, hash, wrapping, ephemeral.handle())?;
+            out.extend_from_slice(&wrapped_key);
+            Ok(out)
+        }
+    }
+}
+
+/// Pushes a private key held in software (a caller's import, or a self-test vector) into
+/// the token as a session object; the template's copies of its components are wiped.
+pub fn create_private_key<'s>(
+    session: &'s Session,
+    material: &PrivateMaterial,
+    kind: PrivateKind,
+) -> Result<SessionObject<'s>, TokenError> {
+    let mut t = keys::private_template(kind);
+    t.extend(material.components());
+    let result = session.create_object(&t);
+    keys::wipe(&mut t);
+    let h = result.map_err(TokenError::ck("C_CreateObject (private key)"))?;
+    Ok(guard(session, h))
+}
+
+/// A key pair generated in the token, both halves session objects.
+pub fn generate_key_pair(
+    session: &Session,
+    kind: PrivateKind,
+) -> Result<(SessionObject<'_>, SessionObject<'_>), TokenError> {
+    let (mech, mut public) = match (kind.rsa_bits(), kind.curve()) {
+        (Some(bits), _) => (
+            Mechanism::RsaPkcsKeyPairGen,
+            vec![
+                Attribute::ModulusBits(u64::from(bits).into()),
+                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                Attribute::Encrypt(true),
+            ],
+        ),
+        (None, Some(curve)) => (
+            Mechanism::EccKeyPairGen,
+            vec![Attribute::EcParams(curve.ec_params().to_vec())],
+        ),
+        (None, None) => return Err(TokenError::Refused(format!("cannot generate {kind}"))),
+    };
+    public.extend([
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+    ]);
+    let private: Vec<Attribute> = keys::private_template(kind)
+        .into_iter()
+        .filter(|a| !matches!(a, Attribute::Class(_) | Attribute::KeyType(_)))
+        .collect();
+    let (p, k) = session
+        .generate_key_pair(&mech, &public, &private)
+        .map_err(TokenError::ck("C_GenerateKeyPair"))?;
+    Ok((guard(session, p), guard(session, k)))
+}
+
+/// The SubjectPublicKeyInfo of a public key object (or of an RSA private key object, whose
+/// modulus and exponent are public).
+pub fn public_key_spki(
+    session: &Session,
+    h: ObjectHandle,
+    kind: PrivateKind,
+) -> Result<Vec<u8>, TokenError> {
+    let wanted = if kind.curve().is_some() {
+        vec![AttributeType::EcPoint]
+    } else {
+        vec![AttributeType::Modulus, AttributeType::PublicExponent]
+    };
+    let attrs = session
+        .get_attributes(h, &wanted)
+        .map_err(TokenError::ck("C_GetAttributeValue (public key)"))?;
+    let mut modulus = None;
+    let mut exponent = None;
+    let mut point = None;
+    for a in attrs {
+        match a {
+            Attribute::Modulus(m) => modulus = Some(m),
+            Attribute::PublicExponent(e) => exponent = Some(e),
+            Attribute::EcPoint(p) => point = Some(p),
+            _ => {}
+        }
+    }
+    let spki = match (kind.curve(), modulus, exponent, point) {
+        (Some(curve), _, _, Some(p)) => {
+            keys::ec_spki_der(curve, &keys::ec_point_from_attribute(&p))
+        }
+        (None, Some(m), Some(e), _) => keys::rsa_spki_der(&m, &e),
+        _ => Err("the token did not give the public key".to_owned()),
+    };
+    spki.map_err(TokenError::Refused)
+}
+
+pub fn kwp_unwrap_private<'s>(
+    session: &'s Session,
+    mech: RawMechanism,
+    kek: ObjectHandle,
+    blob: &[u8],
+    kind: PrivateKind,
+) -> Result<SessionObject<'s>, TokenError> {
+    let t = keys::private_template(kind);
+    let h = session
+        .unwrap_key(&mech.without_params(), kek, blob, &t)
+        .map_err(TokenError::ck("C_UnwrapKey (RFC 5649, private key)"))?;
+    Ok(guard(session, h))
+}
+
+/// What a private key found in a source token is.
+pub fn private_key_kind(
+    session: &Session,
+    h: ObjectHandle,
+) -> Result<Option<PrivateKind>, TokenError> {
+    let attrs = session
+        .get_attributes(
+            h,
+            &[
+                AttributeType::KeyType,
+                AttributeType::Modulus,
+                AttributeType::EcParams,
+            ],
+        )
+        .map_err(TokenError::ck("C_GetAttributeValue"))?;
+    let mut key_type = None;
+    let mut modulus = None;
+    let mut params = None;
+    for a in attrs {
+        match a {
+            Attribute::KeyType(k) => key_type = Some(k),
+            Attribute::Modulus(m) => modulus = Some(m),
+            Attribute::EcParams(p) => params = Some(p),
+            _ => {}
+        }
+    }
+    Ok(match key_type {
+        Some(k) if k == KeyType::RSA => modulus.and_then(|m| {
+            let first = m.iter().position(|b| *b != 0).unwrap_or(m.len());
+            PrivateKind::from_rsa_bits((m.len() - first) * 8)
+        }),
+        Some(k) if k == KeyType::EC => params
+            .and_then(|p| keys::Curve::from_ec_params(&p))
+            .map(PrivateKind::from_curve),
+        _ => None,
+    })
+}
+
+/// Objects this process sees in the token: (token objects, session objects).
+pub fn count_objects(session: &Session) -> Result<(usize, usize), TokenError> {
+    let all = session
+        .find_objects(&[])
+        .map_err(TokenError::ck("C_FindObjects"))?;
+    let session_objects = session
+        .find_objects(&[Attribute::Token(false)])
+        .map_err(TokenError::ck("C_FindObjects"))?
+        .len();
+    Ok((all.len() - session_objects.min(all.len()), session_objects))
+}

@@ -4,7 +4,7 @@
 //! private half is held in software, and the output is checked in software. Only methods
 //! proven here are ever used.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use cryptoki::mechanism::MechanismType;
@@ -16,9 +16,42 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::error::TokenError;
+use super::keys::{PrivateKind, PrivateMaterial};
 use super::mechanism_ext::RawMechanism;
-use super::ops::{self, SecretKind};
+use super::ops::{self, PrivateWrap, SecretKind};
 use super::profile::{OaepHash, Profile};
+
+/// The known private keys every token must export exactly (public test vectors).
+const TEST_KEYS: [(PrivateKind, &[u8]); 7] = [
+    (
+        PrivateKind::Rsa2048,
+        include_bytes!("selftest_keys/rsa2048.der"),
+    ),
+    (
+        PrivateKind::Rsa3072,
+        include_bytes!("selftest_keys/rsa3072.der"),
+    ),
+    (
+        PrivateKind::Rsa4096,
+        include_bytes!("selftest_keys/rsa4096.der"),
+    ),
+    (
+        PrivateKind::EcP256,
+        include_bytes!("selftest_keys/p256.der"),
+    ),
+    (
+        PrivateKind::EcP384,
+        include_bytes!("selftest_keys/p384.der"),
+    ),
+    (
+        PrivateKind::EcP521,
+        include_bytes!("selftest_keys/p521.der"),
+    ),
+    (
+        PrivateKind::EcSecp256k1,
+        include_bytes!("selftest_keys/secp256k1.der"),
+    ),
+];
 
 /// Secret lengths the vault stores (HMAC keys up to 128 bytes, AES keys of 16/24/32).
 pub const STORAGE_LENGTHS: std::ops::RangeInclusive<usize> = 16..=128;
@@ -40,7 +73,13 @@ pub struct Capabilities {
     pub oaep: Vec<OaepHash>,
     /// How vault keys are kept under the KEK (bridge tokens only).
     pub storage: Option<StorageCaps>,
-    /// Every method tried, with its outcome.
+    /// Per private key type, the AWS wrap methods proven, preferred first.
+    pub private: BTreeMap<PrivateKind, Vec<PrivateWrap>>,
+    /// Private key types the vault keeps exactly under the KEK (bridge tokens only).
+    pub private_storage: BTreeSet<PrivateKind>,
+    /// Per private key type, every method tried with its outcome (the probe's table).
+    pub private_findings: BTreeMap<PrivateKind, Vec<Finding>>,
+    /// Every secret-key method tried, with its outcome.
     pub findings: Vec<Finding>,
 }
 
@@ -63,6 +102,25 @@ impl Capabilities {
         self.oaep.first().copied()
     }
 
+    /// The preferred proven method for a private key type, or why there is none.
+    pub fn private_wrap(&self, kind: PrivateKind) -> Result<PrivateWrap, String> {
+        if let Some(m) = self.private.get(&kind).and_then(|v| v.first()) {
+            return Ok(*m);
+        }
+        let why: Vec<String> = self
+            .private_findings
+            .get(&kind)
+            .into_iter()
+            .flatten()
+            .map(|f| format!("{}: {}", f.method, f.detail))
+            .collect();
+        Err(if why.is_empty() {
+            "no method was tried".to_owned()
+        } else {
+            why.join("; ")
+        })
+    }
+
     pub fn can_store(&self, len: usize) -> bool {
         self.storage
             .as_ref()
@@ -83,6 +141,19 @@ impl Capabilities {
                 describe_lengths(&s.exact_lengths)
             ));
         }
+        let private: Vec<String> = self
+            .private
+            .iter()
+            .filter_map(|(k, m)| {
+                m.first()
+                    .map(|m| format!("{k} (RSA_AES_KEY_WRAP_{})", aws_hash(m.hash())))
+            })
+            .collect();
+        parts.push(if private.is_empty() {
+            "no private key type".to_owned()
+        } else {
+            format!("private keys: {}", private.join(", "))
+        });
         parts.join(", ")
     }
 }
@@ -117,6 +188,10 @@ pub enum Mismatch {
     Undecryptable(String),
     /// It unwrapped, but to other bytes than were put in.
     WrongValue { expected_len: usize, got_len: usize },
+    /// It unwrapped to something that is not exactly a PKCS#8 private key.
+    BadEncoding(String),
+    /// It unwrapped to a valid PKCS#8 key, but another one.
+    OtherKey,
 }
 
 impl fmt::Display for Mismatch {
@@ -131,6 +206,10 @@ impl fmt::Display for Mismatch {
                 "output unwraps to {got_len} bytes for a {expected_len}-byte secret (input was padded)"
             ),
             Mismatch::WrongValue { .. } => write!(f, "output unwraps to a different value"),
+            Mismatch::BadEncoding(why) => {
+                write!(f, "output unwraps to an invalid PKCS#8 encoding ({why})")
+            }
+            Mismatch::OtherKey => write!(f, "output unwraps to another key"),
         }
     }
 }
@@ -143,12 +222,8 @@ pub fn check_oaep_wrap(
     expected: &[u8],
     wrapped: &[u8],
 ) -> Result<(), Mismatch> {
-    let padding = match hash {
-        OaepHash::Sha1 => Oaep::new::<sha1::Sha1>(),
-        OaepHash::Sha256 => Oaep::new::<sha2::Sha256>(),
-    };
     let got = Zeroizing::new(
-        key.decrypt(padding, wrapped)
+        key.decrypt(oaep_padding(hash), wrapped)
             .map_err(|e| Mismatch::Undecryptable(e.to_string()))?,
     );
     compare(expected, &got)
@@ -162,6 +237,56 @@ pub fn check_kwp_wrap(kek: &[u8; 32], expected: &[u8], wrapped: &[u8]) -> Result
             .map_err(|e| Mismatch::Undecryptable(format!("{e:?}")))?,
     );
     compare(expected, &got)
+}
+
+fn oaep_padding(hash: OaepHash) -> Oaep {
+    match hash {
+        OaepHash::Sha1 => Oaep::new::<sha1::Sha1>(),
+        OaepHash::Sha256 => Oaep::new::<sha2::Sha256>(),
+    }
+}
+
+/// Checks AWS's RSA_AES_KEY_WRAP form of a private key: `OAEP(AES-256 key) || RFC5649(PKCS#8)`,
+/// the PKCS#8 parsed strictly (no trailing bytes) and compared with `expected`.
+pub fn check_private_wrap(
+    key: &RsaPrivateKey,
+    hash: OaepHash,
+    expected: &PrivateMaterial,
+    wrapped: &[u8],
+) -> Result<(), Mismatch> {
+    let k = key.size();
+    if wrapped.len() <= k {
+        return Err(Mismatch::Undecryptable("output is too short".into()));
+    }
+    let ephemeral = Zeroizing::new(
+        key.decrypt(oaep_padding(hash), &wrapped[..k])
+            .map_err(|e| Mismatch::Undecryptable(format!("ephemeral key: {e}")))?,
+    );
+    let ephemeral: [u8; 32] = ephemeral
+        .as_slice()
+        .try_into()
+        .map_err(|_| Mismatch::Undecryptable("the ephemeral key is not AES-256".into()))?;
+    let ephemeral = Zeroizing::new(ephemeral);
+    check_private_kwp(&ephemeral, expected, &wrapped[k..])
+}
+
+/// Checks an RFC 5649 wrap of a private key under a known AES-256 key.
+pub fn check_private_kwp(
+    kek: &[u8; 32],
+    expected: &PrivateMaterial,
+    wrapped: &[u8],
+) -> Result<(), Mismatch> {
+    let der = Zeroizing::new(
+        aes_kw::KekAes256::new(kek.into())
+            .unwrap_with_padding_vec(wrapped)
+            .map_err(|e| Mismatch::Undecryptable(format!("RFC 5649: {e:?}")))?,
+    );
+    let got = PrivateMaterial::from_pkcs8_der(&der).map_err(Mismatch::BadEncoding)?;
+    if got.same_key(expected) {
+        Ok(())
+    } else {
+        Err(Mismatch::OtherKey)
+    }
 }
 
 fn compare(expected: &[u8], got: &[u8]) -> Result<(), Mismatch> {
@@ -250,11 +375,163 @@ pub fn run(
     } else {
         None
     };
+    let mut private = BTreeMap::new();
+    let mut private_storage = BTreeSet::new();
+    let mut private_findings = BTreeMap::new();
+    for (kind, der) in TEST_KEYS {
+        let material = PrivateMaterial::from_pkcs8_der(der)
+            .map_err(|e| TokenError::SelfTest(format!("{kind} test vector: {e}")))?;
+        let (proven, found) = prove_private(session, profile, key, &oaep, kind, &material);
+        if with_storage && !proven.is_empty() {
+            if let Some(st) = &storage {
+                let f =
+                    prove_private_storage(session, st.mechanism, key, proven[0], kind, &material);
+                if f.proven {
+                    private_storage.insert(kind);
+                }
+                private_findings.insert(kind, [found, vec![f]].concat());
+            } else {
+                private_findings.insert(kind, found);
+            }
+        } else {
+            private_findings.insert(kind, found);
+        }
+        if !proven.is_empty() {
+            private.insert(kind, proven);
+        }
+    }
     Ok(Capabilities {
         oaep,
         storage,
+        private,
+        private_storage,
+        private_findings,
         findings,
     })
+}
+
+/// The AWS wrap methods to try for private keys, preferred first: SHA-256 before SHA-1,
+/// the token's native mechanism before the composed form.
+fn private_candidates(profile: &Profile, oaep_proven: &[OaepHash]) -> Vec<PrivateWrap> {
+    let mut hashes = profile.oaep_hashes.clone();
+    hashes.sort_by_key(|h| match h {
+        OaepHash::Sha256 => 0,
+        OaepHash::Sha1 => 1,
+    });
+    let mut out = Vec::new();
+    for hash in hashes {
+        if profile.native_rsa_aes_key_wrap {
+            out.push(PrivateWrap::Native { hash });
+        }
+        if oaep_proven.contains(&hash) {
+            for &kwp in &profile.kwp_mechanisms {
+                out.push(PrivateWrap::Composed { hash, kwp });
+            }
+        }
+    }
+    out
+}
+
+fn prove_private(
+    session: &Session,
+    profile: &Profile,
+    key: &TestKey,
+    oaep_proven: &[OaepHash],
+    kind: PrivateKind,
+    material: &PrivateMaterial,
+) -> (Vec<PrivateWrap>, Vec<Finding>) {
+    let candidates = private_candidates(profile, oaep_proven);
+    let obj = match ops::create_private_key(session, material, kind) {
+        Ok(o) => o,
+        Err(e) => {
+            let f = Finding {
+                method: "holding the key".into(),
+                proven: false,
+                detail: format!("the token cannot hold a {kind} key ({})", ck_detail(&e)),
+            };
+            return (Vec::new(), vec![f]);
+        }
+    };
+    let mut proven = Vec::new();
+    let mut found = Vec::new();
+    for method in candidates {
+        let outcome = (|| {
+            let wrapping = ops::import_rsa_wrapping_key(
+                session,
+                &key.modulus,
+                &key.exponent,
+                method.wrapping_key_mechanism(),
+            )
+            .map_err(|e| ck_detail(&e))?;
+            let wrapped = ops::rsa_aes_wrap(session, method, wrapping.handle(), obj.handle())
+                .map_err(|e| ck_detail(&e))?;
+            check_private_wrap(&key.private, method.hash(), material, &wrapped)
+                .map_err(|m| m.to_string())
+        })();
+        match outcome {
+            Ok(()) => {
+                proven.push(method);
+                found.push(Finding {
+                    method: method.describe(),
+                    proven: true,
+                    detail: "known key exported exactly".into(),
+                });
+            }
+            Err(detail) => found.push(Finding {
+                method: method.describe(),
+                proven: false,
+                detail,
+            }),
+        }
+    }
+    (proven, found)
+}
+
+/// Keeps a known private key under a known KEK, checks the blob in software, then unwraps it
+/// in the token and exports it again with a proven AWS method.
+fn prove_private_storage(
+    session: &Session,
+    mech: RawMechanism,
+    key: &TestKey,
+    aws_method: PrivateWrap,
+    kind: PrivateKind,
+    material: &PrivateMaterial,
+) -> Finding {
+    let method = format!("vault storage ({})", mech.name());
+    let outcome = (|| {
+        let mut kek_value = Zeroizing::new([0u8; 32]);
+        rand::thread_rng().fill_bytes(kek_value.as_mut());
+        let kek = ops::create_test_kek(session, kek_value.as_ref()).map_err(|e| ck_detail(&e))?;
+        let obj = ops::create_private_key(session, material, kind).map_err(|e| ck_detail(&e))?;
+        let blob =
+            ops::kwp_wrap(session, mech, kek.handle(), obj.handle()).map_err(|e| ck_detail(&e))?;
+        check_private_kwp(&kek_value, material, &blob).map_err(|m| m.to_string())?;
+        let back = ops::kwp_unwrap_private(session, mech, kek.handle(), &blob, kind)
+            .map_err(|e| format!("unwrap: {}", ck_detail(&e)))?;
+        let wrapping = ops::import_rsa_wrapping_key(
+            session,
+            &key.modulus,
+            &key.exponent,
+            aws_method.wrapping_key_mechanism(),
+        )
+        .map_err(|e| ck_detail(&e))?;
+        let again = ops::rsa_aes_wrap(session, aws_method, wrapping.handle(), back.handle())
+            .map_err(|e| ck_detail(&e))?;
+        check_private_wrap(&key.private, aws_method.hash(), material, &again)
+            .map_err(|m| format!("round trip: {m}"))
+    })();
+    match outcome {
+        Ok(()) => Finding {
+            method,
+            proven: true,
+            detail: "kept and restored exactly".into(),
+        },
+        Err(detail) => Finding {
+            method,
+            proven: false,
+            detail,
+        },
+    }
 }
 
 fn prove_oaep(session: &Session, key: &TestKey, hash: OaepHash) -> Result<(), String> {
@@ -469,6 +746,93 @@ mod tests {
             check_kwp_wrap(&kek, &secret, &w),
             Err(Mismatch::Undecryptable(_))
         ));
+    }
+
+    fn vector(i: usize) -> PrivateMaterial {
+        PrivateMaterial::from_pkcs8_der(TEST_KEYS[i].1).expect("vector")
+    }
+
+    /// AWS's RSA_AES_KEY_WRAP done in software, optionally padding the PKCS#8 first.
+    fn soft_rsa_aes(to: &RsaPublicKey, hash: OaepHash, der: &[u8], pad: bool) -> Vec<u8> {
+        let eph = [3u8; 32];
+        let mut body = der.to_vec();
+        if pad {
+            body.resize(der.len().div_ceil(8) * 8, 0);
+        }
+        let mut out = to
+            .encrypt(&mut rand::thread_rng(), oaep_padding(hash), &eph)
+            .expect("oaep");
+        out.extend(
+            aes_kw::KekAes256::new(&eph.into())
+                .wrap_with_padding_vec(&body)
+                .expect("kwp"),
+        );
+        out
+    }
+
+    #[test]
+    fn private_check_accepts_a_correct_wrap_of_every_vector() {
+        let k = key();
+        let pubk = RsaPublicKey::from(&k);
+        for (i, (_, der)) in TEST_KEYS.iter().enumerate() {
+            let w = soft_rsa_aes(&pubk, OaepHash::Sha256, der, false);
+            assert_eq!(
+                check_private_wrap(&k, OaepHash::Sha256, &vector(i), &w),
+                Ok(())
+            );
+        }
+    }
+
+    #[test]
+    fn private_check_catches_a_native_mechanism_that_uses_sha1_when_asked_for_sha256() {
+        let k = key();
+        let w = soft_rsa_aes(
+            &RsaPublicKey::from(&k),
+            OaepHash::Sha1,
+            TEST_KEYS[0].1,
+            false,
+        );
+        assert!(matches!(
+            check_private_wrap(&k, OaepHash::Sha256, &vector(0), &w),
+            Err(Mismatch::Undecryptable(_))
+        ));
+    }
+
+    #[test]
+    fn private_check_catches_zero_padded_pkcs8() {
+        let k = key();
+        for i in [0usize, 1, 2, 3, 5] {
+            // The RSA vectors and P-256/P-521 are not a multiple of 8 bytes long.
+            assert_ne!(TEST_KEYS[i].1.len() % 8, 0);
+            let w = soft_rsa_aes(
+                &RsaPublicKey::from(&k),
+                OaepHash::Sha1,
+                TEST_KEYS[i].1,
+                true,
+            );
+            assert!(
+                matches!(
+                    check_private_wrap(&k, OaepHash::Sha1, &vector(i), &w),
+                    Err(Mismatch::BadEncoding(_))
+                ),
+                "vector {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn private_check_catches_another_key() {
+        let k = key();
+        let w = soft_rsa_aes(
+            &RsaPublicKey::from(&k),
+            OaepHash::Sha1,
+            TEST_KEYS[4].1,
+            false,
+        );
+        assert_eq!(
+            check_private_wrap(&k, OaepHash::Sha1, &vector(6), &w),
+            Err(Mismatch::OtherKey)
+        );
     }
 
     #[test]
