@@ -1,9 +1,15 @@
 //! The cleaner: schedules deletion of AWS keys left half-made by failed uploads, including
-//! those of a previous process that died mid-flow. Runs at start and then periodically, so a
-//! key whose deletion could not be scheduled (AWS unreachable) is handled once AWS answers.
+//! those of a previous process that died mid-flow, and removes the aliases such attempts
+//! created. Runs at start and then periodically, so a key whose deletion could not be
+//! scheduled (AWS unreachable) is handled once AWS answers. Each attempt is claimed with a
+//! conditional update before any AWS call, so an upload that finished meanwhile is never
+//! touched; retries of the same attempt back off.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::cckm::record::aws_time;
 use crate::cckm::request::UPLOAD_TAG;
@@ -16,6 +22,17 @@ pub struct Cleaner {
     pub kms: Arc<KmsRegistry>,
     pub store: Store,
     pub live: LiveAttempts,
+    pub interval: Duration,
+    pub detailed_errors: bool,
+}
+
+enum Outcome {
+    /// No AWS key was ever created for the attempt.
+    NothingCreated,
+    /// Every key found was scheduled for deletion (date of the last one).
+    Scheduled(Vec<String>, Option<String>),
+    /// AWS could not be asked or refused: try again later.
+    Retry(Option<String>, String),
 }
 
 impl Cleaner {
@@ -26,7 +43,12 @@ impl Cleaner {
             .call(|c| {
                 attempts::in_states(
                     c,
-                    &[state::CLEANUP_PENDING, state::IN_PROGRESS, state::CREATING],
+                    &[
+                        state::CLEANUP_PENDING,
+                        state::IN_PROGRESS,
+                        state::CREATING,
+                        state::CLEANING,
+                    ],
                 )
             })
             .await
@@ -39,8 +61,20 @@ impl Cleaner {
         };
         let mut settled = 0;
         for a in pending {
-            if self.live.contains(&a.id) {
+            if self.live.contains(&a.id) || !self.due(&a) {
                 continue;
+            }
+            let claimed = {
+                let a = a.clone();
+                self.store.call(move |c| attempts::claim(c, &a)).await
+            };
+            match claimed {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cleaner could not claim an attempt");
+                    continue;
+                }
             }
             if self.settle(&a).await {
                 settled += 1;
@@ -49,70 +83,75 @@ impl Cleaner {
         settled
     }
 
+    /// Attempts the cleaner already failed on wait `interval * 2^tries` (at most 64 intervals).
+    fn due(&self, a: &Attempt) -> bool {
+        if a.state != state::CLEANUP_PENDING || a.cleanup_tries == 0 {
+            return true;
+        }
+        let Ok(last) = OffsetDateTime::parse(&a.updated_at, &Rfc3339) else {
+            return true;
+        };
+        let wait = self.interval * 2u32.saturating_pow(a.cleanup_tries.min(6));
+        OffsetDateTime::now_utc() - last >= wait
+    }
+
     async fn settle(&self, a: &Attempt) -> bool {
         let Some(conn) = self.kms.find(&a.kms_id) else {
             tracing::error!(attempt = %a.id, kms = %a.kms_id, "attempt names a KMS that is no longer configured");
+            let id = a.id.clone();
+            let _ = self
+                .store
+                .call(move |c| {
+                    attempts::cleanup_result(c, &id, Err("its KMS is no longer configured"))
+                })
+                .await;
             return false;
         };
         let client = self.kms.client(conn, &a.region).await;
-        let key_ids = match &a.aws_key_id {
-            Some(k) => vec![k.clone()],
-            // Left in `creating`: CreateKey's answer was lost. Find the key by its tag.
+        let outcome = match &a.aws_key_id {
+            Some(k) => self.schedule(&client, std::slice::from_ref(k), a).await,
+            // CreateKey's answer was lost (or the daemon died during it): look for the key by
+            // the tag every upload puts on its key.
             None => match kms::find_keys_tagged(&client, UPLOAD_TAG, &a.id).await {
-                Ok(found) if found.is_empty() => {
-                    let id = a.id.clone();
-                    let _ = self
-                        .store
-                        .call(move |c| {
-                            attempts::finish(c, &id, state::FAILED, Some("no AWS key was created"))
-                        })
-                        .await;
-                    return true;
-                }
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::warn!(attempt = %a.id, error = %e, "cleaner cannot search AWS yet");
-                    return false;
-                }
+                Ok(found) if found.is_empty() => Outcome::NothingCreated,
+                Ok(found) => self.schedule(&client, &found, a).await,
+                Err(e) => Outcome::Retry(None, e.to_string()),
             },
         };
-        let mut last = Ok(None);
-        for key in &key_ids {
-            last = kms::schedule_deletion(&client, key)
-                .await
-                .map(|d| {
-                    d.as_ref()
-                        .and_then(|d| aws_time(Some(d)).as_str().map(str::to_owned))
-                })
-                .map_err(|e| e.to_string());
-            if last.is_err() {
-                break;
+        let id = a.id.clone();
+        let ok = !matches!(outcome, Outcome::Retry(..));
+        match &outcome {
+            Outcome::NothingCreated => {
+                tracing::info!(attempt = %a.id, "failed attempt created no AWS key")
             }
-        }
-        let ok = last.is_ok();
-        match &last {
-            Ok(_) => {
-                tracing::info!(attempt = %a.id, keys = ?key_ids, "half-made AWS key scheduled for deletion")
+            Outcome::Scheduled(keys, _) => {
+                tracing::info!(attempt = %a.id, keys = ?keys, "half-made AWS key scheduled for deletion")
             }
-            Err(e) => {
+            Outcome::Retry(_, e) if self.detailed_errors => {
                 tracing::warn!(attempt = %a.id, error = %e, "half-made AWS key not scheduled for deletion yet")
             }
+            Outcome::Retry(..) => {
+                tracing::warn!(attempt = %a.id, "half-made AWS key not scheduled for deletion yet")
+            }
         }
-        let (id, first) = (a.id.clone(), key_ids.first().cloned());
         let res = self
             .store
-            .call(move |c| {
-                if let Some(k) = &first {
-                    c.execute(
-                        "UPDATE upload_attempts SET aws_key_id = COALESCE(aws_key_id, ?2) WHERE id = ?1",
-                        rusqlite::params![id, k],
-                    )?;
+            .call(move |c| match outcome {
+                Outcome::NothingCreated => {
+                    attempts::finish(c, &id, state::FAILED, Some("no AWS key was created"))
                 }
-                attempts::cleanup_result(
-                    c,
-                    &id,
-                    last.as_ref().map(|d| d.as_deref()).map_err(|e| e.as_str()),
-                )
+                Outcome::Scheduled(keys, date) => {
+                    if let Some(k) = keys.first() {
+                        attempts::set_key(c, &id, k)?;
+                    }
+                    attempts::cleanup_result(c, &id, Ok(date.as_deref()))
+                }
+                Outcome::Retry(key, e) => {
+                    if let Some(k) = key {
+                        attempts::set_key(c, &id, &k)?;
+                    }
+                    attempts::cleanup_result(c, &id, Err(&e))
+                }
             })
             .await;
         if let Err(e) = res {
@@ -121,10 +160,35 @@ impl Cleaner {
         ok
     }
 
-    pub async fn run_forever(self, every: Duration) {
+    async fn schedule(
+        &self,
+        client: &aws_sdk_kms::Client,
+        keys: &[String],
+        a: &Attempt,
+    ) -> Outcome {
+        let mut date = None;
+        for key in keys {
+            if let Some(alias) = &a.alias
+                && let Err(e) = kms::delete_alias_of(client, alias, key).await
+            {
+                return Outcome::Retry(Some(key.clone()), e.to_string());
+            }
+            match kms::schedule_deletion(client, key).await {
+                Ok(d) => {
+                    date = d
+                        .as_ref()
+                        .and_then(|d| aws_time(Some(d)).as_str().map(str::to_owned))
+                }
+                Err(e) => return Outcome::Retry(Some(key.clone()), e.to_string()),
+            }
+        }
+        Outcome::Scheduled(keys.to_vec(), date)
+    }
+
+    pub async fn run_forever(self) {
         loop {
             self.run_once().await;
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(self.interval).await;
         }
     }
 }

@@ -338,6 +338,9 @@ impl Config {
                 }
                 _ => {}
             }
+            if let Err(e) = crate::pkcs11::profile::Profile::load(&t.profile) {
+                return Err(ConfigError::key(k("profile"), e.to_string()));
+            }
             if t.sessions == 0 || t.sessions > 64 {
                 return Err(ConfigError::key(k("sessions"), "must be between 1 and 64"));
             }

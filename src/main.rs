@@ -93,7 +93,6 @@ fn main() -> ExitCode {
             match rt.block_on(hsm_bridge::http::server::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %e, "hsm-bridge stopped");
                     eprintln!("hsm-bridge: {e}");
                     ExitCode::FAILURE
                 }
@@ -106,13 +105,17 @@ fn main() -> ExitCode {
             };
             init_logging(&cfg);
             match hsm_bridge::probe::run(&cfg) {
-                Ok(report) => {
+                Ok((report, all_ok)) => {
                     if json {
                         println!("{report:#}");
                     } else {
                         print!("{}", hsm_bridge::probe::render(&report));
                     }
-                    ExitCode::SUCCESS
+                    if all_ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
                 Err(e) => {
                     eprintln!("hsm-bridge: {e}");

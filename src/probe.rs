@@ -4,55 +4,83 @@
 use serde_json::{Value, json};
 
 use crate::config::{Config, TokenRole};
-use crate::pkcs11::{TokenError, TokenSet};
+use crate::pkcs11::selftest::{aws_hash, describe_lengths};
+use crate::pkcs11::{Token, TokenError, TokenSet};
 
-pub fn run(cfg: &Config) -> Result<Value, TokenError> {
-    let set = TokenSet::open(cfg, false)?;
-    let vault = set.vault().clone();
-    let kek_label = vault.kek_label.clone();
-    let kek = vault.run_blocking(|s| crate::pkcs11::ops::find_kek(s, &kek_label))?;
-    let tokens: Vec<Value> = set
-        .all()
+/// Opens every token and reports each: what it proved and refused, or why it could not be
+/// opened. `Ok` only if every token would let the daemon start.
+pub fn run(cfg: &Config) -> Result<(Value, bool), TokenError> {
+    let probed = TokenSet::probe(cfg)?;
+    let vault_name = cfg.vault_token().name.clone();
+    let mut all_ok = true;
+    let tokens: Vec<Value> = probed
         .iter()
-        .map(|t| {
-            let ident = t.ident();
-            let caps = t.capabilities();
-            json!({
-                "name": t.name,
-                "role": match t.role { TokenRole::Bridge => "bridge", TokenRole::Source => "source" },
-                "module": t.module.display().to_string(),
-                "profile": t.profile.family,
-                "label": ident.label,
-                "serial": ident.serial,
-                "model": ident.model,
-                "manufacturer": ident.manufacturer,
-                "proven": caps.map(|c| c.summary()),
-                "wrap_methods": caps.map(|c| c.oaep.iter().map(|h| format!("RSAES_OAEP_{}", crate::pkcs11::selftest::aws_hash(*h))).collect::<Vec<_>>()),
-                "vault_storage": caps.and_then(|c| c.storage.as_ref()).map(|s| json!({
-                    "mechanism": s.mechanism.name(),
-                    "exact_lengths": crate::pkcs11::selftest::describe_lengths(&s.exact_lengths),
-                })),
-                "findings": caps.map(|c| &c.findings),
-                "private_keys": caps.map(|c| c.private_findings.iter().map(|(k, f)| json!({
-                    "key_type": k.name(),
-                    "aws_wrapping_algorithm": c.private.get(k).and_then(|m| m.first()).map(|m| format!("RSA_AES_KEY_WRAP_{}", crate::pkcs11::selftest::aws_hash(m.hash()))),
-                    "vault_storage": c.private_storage.contains(k),
-                    "methods": f,
-                })).collect::<Vec<_>>()),
-                "vault_kek": (t.name == vault.name).then(|| json!({
-                    "label": t.kek_label,
-                    "present": kek.is_some(),
-                })),
-            })
+        .map(|p| match &p.token {
+            Err(e) => {
+                all_ok = false;
+                json!({"name": p.name, "error": e.to_string()})
+            }
+            Ok(t) => {
+                let verdict = t.verdict();
+                all_ok &= verdict.is_ok();
+                report(t, t.name == vault_name, verdict.err())
+            }
         })
         .collect();
-    Ok(json!({ "tokens": tokens }))
+    Ok((json!({ "tokens": tokens }), all_ok))
+}
+
+fn report(t: &Token, holds_vault: bool, problem: Option<String>) -> Value {
+    let ident = t.ident();
+    let caps = t.capabilities();
+    let kek = if holds_vault {
+        let label = t.kek_label.clone();
+        let present = t
+            .run_blocking(|s| crate::pkcs11::ops::find_kek(s, &label))
+            .map(|k| k.is_some())
+            .unwrap_or(false);
+        Some(json!({"label": t.kek_label, "present": present}))
+    } else {
+        None
+    };
+    json!({
+        "name": t.name,
+        "role": match t.role { TokenRole::Bridge => "bridge", TokenRole::Source => "source" },
+        "module": t.module.display().to_string(),
+        "profile": t.profile.family,
+        "label": ident.label,
+        "serial": ident.serial,
+        "model": ident.model,
+        "manufacturer": ident.manufacturer,
+        "problem": problem,
+        "proven": caps.map(|c| c.summary()),
+        "wrap_methods": caps.map(|c| c.oaep.iter().map(|h| format!("RSAES_OAEP_{}", aws_hash(*h))).collect::<Vec<_>>()),
+        "vault_storage": caps.and_then(|c| c.storage.as_ref()).map(|s| json!({
+            "mechanism": s.mechanism.name(),
+            "exact_lengths": describe_lengths(&s.exact_lengths),
+        })),
+        "findings": caps.map(|c| &c.findings),
+        "private_keys": caps.map(|c| c.private_findings.iter().map(|(k, f)| json!({
+            "key_type": k.name(),
+            "aws_wrapping_algorithm": c.private.get(k).and_then(|m| m.first()).map(|m| format!("RSA_AES_KEY_WRAP_{}", aws_hash(m.hash()))),
+            "vault_storage": c.private_storage.contains(k),
+            "methods": f,
+        })).collect::<Vec<_>>()),
+        "vault_kek": kek,
+    })
 }
 
 /// The human-readable form.
 pub fn render(report: &Value) -> String {
     let mut out = String::new();
     for t in report["tokens"].as_array().into_iter().flatten() {
+        if let Some(e) = t["error"].as_str() {
+            out.push_str(&format!(
+                "token {}: NOT USABLE: {e}\n",
+                t["name"].as_str().unwrap_or("")
+            ));
+            continue;
+        }
         out.push_str(&format!(
             "token {} ({}, profile {}): label \"{}\", serial {}, {} {}\n",
             t["name"].as_str().unwrap_or(""),

@@ -94,6 +94,7 @@ pub struct Provenance<'a> {
     pub token: &'a str,
     pub token_serial: &'a str,
     pub wrapping_algorithm: &'a str,
+    pub wrap_method: &'a str,
     pub wrapping_key_spec: &'a str,
     pub upload_id: &'a str,
     pub template_id: Option<&'a str>,
@@ -151,6 +152,7 @@ pub fn build(
             "token": prov.token,
             "token_serial": prov.token_serial,
             "wrapping_algorithm": prov.wrapping_algorithm,
+            "wrap_method": prov.wrap_method,
             "wrapping_key_spec": prov.wrapping_key_spec,
         },
     })

@@ -214,14 +214,11 @@ pub const MAX_POLICY_BYTES: usize = 32 * 1024;
 /// AWS allows 50 tags; the bridge keeps room for the two it sets itself.
 pub const MAX_USER_TAGS: usize = 48;
 
-/// Which key specs each tier can deliver. Asymmetric keys need private-key wrapping, which
-/// this version does not perform yet.
+/// Which key specs each tier can deliver: every spec, except that a Data Security Manager
+/// holds AES keys only.
 pub fn tier_allows(tier: SourceTier, spec: KeySpec) -> bool {
-    use super::spec::SpecFamily::*;
     match tier {
-        SourceTier::Local | SourceTier::HsmLuna | SourceTier::ExternalCm => {
-            matches!(spec.family(), Symmetric | Hmac)
-        }
+        SourceTier::Local | SourceTier::HsmLuna | SourceTier::ExternalCm => true,
         SourceTier::Dsm => spec == KeySpec::SymmetricDefault,
     }
 }
@@ -269,12 +266,8 @@ impl UploadKeyBody {
         };
         if !tier_allows(tier, spec) {
             return Err(format!(
-                "aws_param.CustomerMasterKeySpec: {spec} cannot be uploaded from the {tier} tier{}",
-                if tier == SourceTier::Dsm {
-                    " (DSM keys are AES-256 only: use SYMMETRIC_DEFAULT)"
-                } else {
-                    " (this version uploads SYMMETRIC_DEFAULT and HMAC keys)"
-                }
+                "aws_param.CustomerMasterKeySpec: {spec} cannot be uploaded from the {tier} tier \
+                 (DSM keys are AES-256 only: use SYMMETRIC_DEFAULT)"
             ));
         }
         let usage = match p.KeyUsage.as_deref() {

@@ -150,6 +150,34 @@ impl KeySpec {
         }
     }
 
+    /// The private key type an asymmetric spec takes.
+    pub fn private_kind(self) -> Option<crate::pkcs11::keys::PrivateKind> {
+        use crate::pkcs11::keys::PrivateKind as P;
+        match self {
+            KeySpec::Rsa2048 => Some(P::Rsa2048),
+            KeySpec::Rsa3072 => Some(P::Rsa3072),
+            KeySpec::Rsa4096 => Some(P::Rsa4096),
+            KeySpec::EccNistP256 => Some(P::EcP256),
+            KeySpec::EccNistP384 => Some(P::EcP384),
+            KeySpec::EccNistP521 => Some(P::EcP521),
+            KeySpec::EccSecgP256k1 => Some(P::EcSecp256k1),
+            _ => None,
+        }
+    }
+
+    pub fn for_private_kind(kind: crate::pkcs11::keys::PrivateKind) -> Self {
+        use crate::pkcs11::keys::PrivateKind as P;
+        match kind {
+            P::Rsa2048 => KeySpec::Rsa2048,
+            P::Rsa3072 => KeySpec::Rsa3072,
+            P::Rsa4096 => KeySpec::Rsa4096,
+            P::EcP256 => KeySpec::EccNistP256,
+            P::EcP384 => KeySpec::EccNistP384,
+            P::EcP521 => KeySpec::EccNistP521,
+            P::EcSecp256k1 => KeySpec::EccSecgP256k1,
+        }
+    }
+
     /// CipherTrust's `key_type` for the record.
     pub fn record_key_type(self) -> &'static str {
         match self.family() {
@@ -204,6 +232,8 @@ impl fmt::Display for KeyUsage {
 pub enum WrappingAlgorithm {
     RsaesOaepSha1,
     RsaesOaepSha256,
+    RsaAesKeyWrapSha1,
+    RsaAesKeyWrapSha256,
 }
 
 impl WrappingAlgorithm {
@@ -211,6 +241,8 @@ impl WrappingAlgorithm {
         match self {
             WrappingAlgorithm::RsaesOaepSha1 => "RSAES_OAEP_SHA_1",
             WrappingAlgorithm::RsaesOaepSha256 => "RSAES_OAEP_SHA_256",
+            WrappingAlgorithm::RsaAesKeyWrapSha1 => "RSA_AES_KEY_WRAP_SHA_1",
+            WrappingAlgorithm::RsaAesKeyWrapSha256 => "RSA_AES_KEY_WRAP_SHA_256",
         }
     }
 }

@@ -1,12 +1,15 @@
 //! The upload state machine: validate -> resolve KMS and source -> CreateKey ->
 //! GetParametersForImport -> wrap in the token -> ImportKeyMaterial -> CreateAlias -> read back
-//! -> persist. The attempt is recorded before CreateKey; any failure after it schedules the
-//! half-made key for deletion (or leaves that to the cleaner when AWS cannot be reached).
+//! -> persist. The attempt is recorded before CreateKey; any failure after it removes the
+//! alias it made and schedules the half-made key for deletion (or leaves that to the cleaner
+//! when AWS cannot be reached).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use cryptoki::mechanism::MechanismType;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
 use rsa::RsaPublicKey;
 use rsa::pkcs8::DecodePublicKey;
 use rsa::traits::PublicKeyParts;
@@ -20,12 +23,13 @@ use super::request::{
 };
 use super::spec::WrappingAlgorithm;
 use crate::error::DomainError;
-use crate::kms::{self, CreateKeyInput, KmsConn, KmsErrorKind, SharedKms};
-use crate::pkcs11::ops;
+use crate::kms::{self, CreateKeyInput, KmsConn, KmsError, KmsErrorKind, SharedKms};
+use crate::pkcs11::ops::{self, PrivateWrap};
 use crate::pkcs11::profile::OaepHash;
+use crate::pkcs11::{Token, TokenError};
 use crate::store::attempts::{self, NewAttempt, state};
 use crate::store::{Store, now_rfc3339};
-use crate::tiers::Tiers;
+use crate::tiers::{ResolvedSource, Tiers};
 
 /// Attempt ids being worked on by this process; the cleaner leaves them alone.
 #[derive(Default, Clone)]
@@ -60,11 +64,85 @@ impl Drop for LiveGuard {
     }
 }
 
+/// How the source key is wrapped for AWS, chosen from what its token proved.
+#[derive(Debug, Clone, Copy)]
+enum AwsWrap {
+    /// A secret key: RSAES_OAEP_SHA_*.
+    Secret(OaepHash),
+    /// A private key: RSA_AES_KEY_WRAP_SHA_*.
+    Private(PrivateWrap),
+}
+
+impl AwsWrap {
+    fn choose(source: &ResolvedSource) -> Result<AwsWrap, DomainError> {
+        let token = &source.token;
+        let caps = token.capabilities().ok_or_else(|| {
+            DomainError::Internal(format!("token {} has no self-test result", token.name))
+        })?;
+        match source.private {
+            None => caps.best_oaep().map(AwsWrap::Secret).ok_or_else(|| {
+                DomainError::Unprocessable(format!(
+                    "token {} proved no RSA-OAEP wrap method",
+                    token.name
+                ))
+            }),
+            Some(kind) => caps
+                .private_wrap(kind)
+                .map(AwsWrap::Private)
+                .map_err(|why| {
+                    DomainError::Unprocessable(format!(
+                        "token {} cannot export {kind} keys exactly, so it refuses to upload them \
+                     (self-test: {why})",
+                        token.name
+                    ))
+                }),
+        }
+    }
+
+    fn algorithm(self) -> WrappingAlgorithm {
+        match self {
+            AwsWrap::Secret(OaepHash::Sha1) => WrappingAlgorithm::RsaesOaepSha1,
+            AwsWrap::Secret(OaepHash::Sha256) => WrappingAlgorithm::RsaesOaepSha256,
+            AwsWrap::Private(m) if m.hash() == OaepHash::Sha1 => {
+                WrappingAlgorithm::RsaAesKeyWrapSha1
+            }
+            AwsWrap::Private(_) => WrappingAlgorithm::RsaAesKeyWrapSha256,
+        }
+    }
+
+    fn wrapping_key_mechanism(self) -> MechanismType {
+        match self {
+            AwsWrap::Secret(_) => MechanismType::RSA_PKCS_OAEP,
+            AwsWrap::Private(m) => m.wrapping_key_mechanism(),
+        }
+    }
+
+    fn wrap(
+        self,
+        s: &Session,
+        wrapping: ObjectHandle,
+        key: ObjectHandle,
+    ) -> Result<Vec<u8>, TokenError> {
+        match self {
+            AwsWrap::Secret(hash) => ops::oaep_wrap(s, hash, wrapping, key),
+            AwsWrap::Private(m) => ops::rsa_aes_wrap(s, m, wrapping, key),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            AwsWrap::Secret(hash) => format!("RSA-OAEP {hash}"),
+            AwsWrap::Private(m) => m.describe(),
+        }
+    }
+}
+
 pub struct Uploader {
     pub kms: SharedKms,
     pub store: Store,
     pub tiers: Tiers,
     pub live: LiveAttempts,
+    pub detailed_errors: bool,
 }
 
 struct Ctx<'a> {
@@ -72,6 +150,8 @@ struct Ctx<'a> {
     req: &'a UploadRequest,
     conn: &'a KmsConn,
     client: aws_sdk_kms::Client,
+    key_id: String,
+    arn: String,
 }
 
 impl Uploader {
@@ -103,20 +183,7 @@ impl Uploader {
         }
         let (policy_text, template_id) = self.policy_for(&req, &conn).await?;
         let source = self.tiers.resolve(req.tier, &req.source, req.spec).await?;
-        let hash = source
-            .token
-            .capabilities()
-            .and_then(|c| c.best_oaep())
-            .ok_or_else(|| {
-                DomainError::Unprocessable(format!(
-                    "token {} proved no RSA-OAEP wrap method",
-                    source.token.name
-                ))
-            })?;
-        let alg = match hash {
-            OaepHash::Sha256 => WrappingAlgorithm::RsaesOaepSha256,
-            OaepHash::Sha1 => WrappingAlgorithm::RsaesOaepSha1,
-        };
+        let wrap = AwsWrap::choose(&source)?;
         let client = self.kms.client(&conn, &req.region).await;
         if let Some(a) = &req.alias
             && kms::alias_exists(&client, a.as_str()).await?
@@ -138,6 +205,7 @@ impl Uploader {
             region: req.region.clone(),
             source_tier: req.tier.as_str().to_owned(),
             source_key: req.source.clone(),
+            alias: req.alias.as_ref().map(|a| a.as_str().to_owned()),
         };
         self.store.call(move |c| attempts::begin(c, &new)).await?;
 
@@ -166,47 +234,35 @@ impl Uploader {
         let meta = match created {
             Ok(m) => m,
             Err(e) => {
-                // A refusal means no key exists. A lost answer may hide a created key: the
-                // attempt stays `creating` and the cleaner looks for the key by its tag.
-                let definite = matches!(
-                    e.kind,
-                    KmsErrorKind::BadRequest | KmsErrorKind::Conflict | KmsErrorKind::NotFound
-                );
-                let msg = e.to_string();
-                let id = attempt.clone();
-                let new_state = if definite {
+                // An answer from AWS means no key exists. A lost call may hide a created key:
+                // the attempt stays `creating` and the cleaner looks for the key by its tag.
+                let new_state = if e.answered() {
                     state::FAILED
                 } else {
                     state::CREATING
                 };
+                let (id, msg) = (attempt.clone(), e.to_string());
                 self.store
                     .call(move |c| attempts::finish(c, &id, new_state, Some(&msg)))
                     .await?;
                 return Err(e.into());
             }
         };
-        let key_id = meta.key_id().to_owned();
-        let arn = meta.arn().unwrap_or_default().to_owned();
-        {
-            let (id, k, a) = (attempt.clone(), key_id.clone(), arn.clone());
-            self.store
-                .call(move |c| attempts::key_created(c, &id, &k, &a))
-                .await?;
-        }
-        tracing::info!(attempt = %attempt, key_id = %key_id, "AWS key created");
-
         let ctx = Ctx {
             attempt: attempt.clone(),
             req: &req,
             conn: &conn,
             client,
+            key_id: meta.key_id().to_owned(),
+            arn: meta.arn().unwrap_or_default().to_owned(),
         };
+        tracing::info!(attempt = %attempt, key_id = %ctx.key_id, "AWS key created");
         match self
-            .complete(&ctx, &key_id, source, alg, hash, template_id.as_deref())
+            .complete(&ctx, source, wrap, template_id.as_deref())
             .await
         {
             Ok(record) => Ok(record),
-            Err((stage, cause)) => Err(self.abandon(&ctx, &key_id, stage, cause).await),
+            Err((stage, cause)) => Err(self.abandon(&ctx, stage, cause).await),
         }
     }
 
@@ -242,54 +298,60 @@ impl Uploader {
         })
     }
 
-    async fn stage(&self, attempt: &str, stage: &'static str) {
+    async fn stage(
+        &self,
+        attempt: &str,
+        stage: &'static str,
+    ) -> Result<(), (&'static str, DomainError)> {
         let id = attempt.to_owned();
-        if let Err(e) = self
-            .store
+        self.store
             .call(move |c| attempts::stage(c, &id, stage))
             .await
-        {
-            tracing::warn!(error = %e, "could not record the upload stage");
-        }
+            .map_err(|e| (stage, e.into()))
     }
 
     async fn complete(
         &self,
         ctx: &Ctx<'_>,
-        key_id: &str,
-        source: crate::tiers::ResolvedSource,
-        alg: WrappingAlgorithm,
-        hash: OaepHash,
+        source: ResolvedSource,
+        wrap: AwsWrap,
         template_id: Option<&str>,
     ) -> Result<Value, (&'static str, DomainError)> {
         let req = ctx.req;
+        let key_id = ctx.key_id.as_str();
         let wks = ctx.conn.cfg.wrapping_key_spec.clone();
+        {
+            let (id, k, a) = (ctx.attempt.clone(), ctx.key_id.clone(), ctx.arn.clone());
+            self.store
+                .call(move |c| attempts::key_created(c, &id, &k, &a))
+                .await
+                .map_err(|e| ("CreateKey", e.into()))?;
+        }
 
-        self.stage(&ctx.attempt, "GetParametersForImport").await;
-        let params = kms::get_parameters_for_import(&ctx.client, key_id, alg, &wks)
+        self.stage(&ctx.attempt, "GetParametersForImport").await?;
+        let params = kms::get_parameters_for_import(&ctx.client, key_id, wrap.algorithm(), &wks)
             .await
             .map_err(|e| ("GetParametersForImport", e.into()))?;
-        let public = RsaPublicKey::from_public_key_der(&params.public_key_der).map_err(|e| {
+        let bad_key = |why: String| {
             (
                 "GetParametersForImport",
-                DomainError::Internal(format!("AWS wrapping key is not an RSA public key: {e}")),
+                DomainError::Kms(KmsError::upstream("GetParametersForImport", why)),
             )
-        })?;
+        };
+        let public = RsaPublicKey::from_public_key_der(&params.public_key_der)
+            .map_err(|e| bad_key(format!("the wrapping key is not an RSA public key: {e}")))?;
         let want_bits: usize = wks.trim_start_matches("RSA_").parse().unwrap_or(0);
         if public.size() * 8 != want_bits {
-            return Err((
-                "GetParametersForImport",
-                DomainError::Internal(format!(
-                    "AWS returned a {}-bit wrapping key for {wks}",
-                    public.size() * 8
-                )),
-            ));
+            return Err(bad_key(format!(
+                "a {}-bit wrapping key came back for {wks}",
+                public.size() * 8
+            )));
         }
         let modulus = public.n().to_bytes_be();
         let exponent = public.e().to_bytes_be();
 
-        self.stage(&ctx.attempt, "Wrap").await;
-        let token = source.token.clone();
+        self.stage(&ctx.attempt, "Wrap").await?;
+        let token: Arc<Token> = source.token.clone();
         let material = source.material.clone();
         let wrapped = token
             .run(move |s| {
@@ -298,14 +360,14 @@ impl Uploader {
                     s,
                     &modulus,
                     &exponent,
-                    MechanismType::RSA_PKCS_OAEP,
+                    wrap.wrapping_key_mechanism(),
                 )?;
-                ops::oaep_wrap(s, hash, wrapping.handle(), key.handle())
+                wrap.wrap(s, wrapping.handle(), key.handle())
             })
             .await
             .map_err(|e| ("Wrap", DomainError::token(&token.name)(e)))?;
 
-        self.stage(&ctx.attempt, "ImportKeyMaterial").await;
+        self.stage(&ctx.attempt, "ImportKeyMaterial").await?;
         let valid_to = match req.expiry {
             Expiry::Never => None,
             Expiry::At(t) => Some(t),
@@ -315,18 +377,18 @@ impl Uploader {
             .map_err(|e| ("ImportKeyMaterial", e.into()))?;
 
         if let Some(a) = &req.alias {
-            self.stage(&ctx.attempt, "CreateAlias").await;
+            self.stage(&ctx.attempt, "CreateAlias").await?;
             kms::create_alias(&ctx.client, a.as_str(), key_id)
                 .await
                 .map_err(|e| ("CreateAlias", e.into()))?;
         }
 
-        self.stage(&ctx.attempt, "DescribeKey").await;
+        self.stage(&ctx.attempt, "DescribeKey").await?;
         let st = kms::read_state(&ctx.client, key_id)
             .await
             .map_err(|e| ("DescribeKey", e.into()))?;
 
-        self.stage(&ctx.attempt, "Persist").await;
+        self.stage(&ctx.attempt, "Persist").await?;
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_rfc3339();
         let ident = token.ident();
@@ -341,7 +403,8 @@ impl Uploader {
                 local_key_name: &source.local_key_name,
                 token: &token.name,
                 token_serial: &ident.serial,
-                wrapping_algorithm: alg.as_str(),
+                wrapping_algorithm: wrap.algorithm().as_str(),
+                wrap_method: &wrap.describe(),
                 wrapping_key_spec: &wks,
                 upload_id: &ctx.attempt,
                 template_id,
@@ -376,49 +439,89 @@ impl Uploader {
                         created_at: &now,
                     },
                 )?;
-                attempts::finish(&tx, &attempt, state::COMPLETED, None)?;
+                if !attempts::complete(&tx, &attempt)? {
+                    return Err(crate::store::StoreError::Corrupt(
+                        "the upload attempt was taken over while it ran".into(),
+                    ));
+                }
                 tx.commit()?;
                 Ok(())
             })
             .await
             .map_err(|e| ("Persist", e.into()))?;
-        tracing::info!(attempt = %ctx.attempt, key_id, alg = alg.as_str(), token = %token.name, "upload complete");
+        tracing::info!(attempt = %ctx.attempt, key_id, alg = wrap.algorithm().as_str(), method = %wrap.describe(), token = %token.name, "upload complete");
         Ok(record)
     }
 
-    /// After a failure past CreateKey: schedule the key for deletion now if AWS answers, record
-    /// the outcome either way, and tell the caller what happened to the key.
-    async fn abandon(
-        &self,
-        ctx: &Ctx<'_>,
-        key_id: &str,
-        stage: &'static str,
-        cause: DomainError,
-    ) -> DomainError {
+    /// After a failure past CreateKey: remove the alias it made and schedule the key for
+    /// deletion now if AWS answers, record the outcome either way, and tell the caller what
+    /// happened to the key.
+    async fn abandon(&self, ctx: &Ctx<'_>, stage: &'static str, cause: DomainError) -> DomainError {
+        let key_id = ctx.key_id.as_str();
+        // AWS failing on a key it has just created is its fault, not the caller's, except for
+        // an alias taken by someone else in the meantime.
+        let cause = match cause {
+            DomainError::Kms(k)
+                if matches!(k.kind, KmsErrorKind::NotFound | KmsErrorKind::Conflict)
+                    && stage != "CreateAlias" =>
+            {
+                DomainError::Kms(KmsError {
+                    kind: KmsErrorKind::Upstream,
+                    ..k
+                })
+            }
+            DomainError::Kms(k) if k.kind == KmsErrorKind::BadRequest && stage != "CreateAlias" => {
+                DomainError::Kms(KmsError {
+                    kind: KmsErrorKind::Upstream,
+                    ..k
+                })
+            }
+            other => other,
+        };
         let reason = cause.public_message();
-        tracing::warn!(attempt = %ctx.attempt, key_id, stage, error = %cause, "upload failed after CreateKey");
+        if self.detailed_errors {
+            tracing::warn!(attempt = %ctx.attempt, key_id, stage, error = %cause, "upload failed after CreateKey");
+        } else {
+            tracing::warn!(attempt = %ctx.attempt, key_id, stage, error = %reason, "upload failed after CreateKey");
+        }
         {
-            let (id, msg) = (ctx.attempt.clone(), format!("{stage}: {cause}"));
+            let (id, k, a, msg) = (
+                ctx.attempt.clone(),
+                ctx.key_id.clone(),
+                ctx.arn.clone(),
+                format!("{stage}: {reason}"),
+            );
             if let Err(e) = self
                 .store
-                .call(move |c| attempts::finish(c, &id, state::CLEANUP_PENDING, Some(&msg)))
+                .call(move |c| {
+                    attempts::key_created(c, &id, &k, &a)?;
+                    attempts::finish(c, &id, state::CLEANUP_PENDING, Some(&msg))
+                })
                 .await
             {
                 tracing::error!(error = %e, "could not record the failed attempt");
             }
         }
-        let outcome = kms::schedule_deletion(&ctx.client, key_id).await;
-        let scheduled = outcome.is_ok();
-        let recorded = {
+        let mut outcome = Ok(());
+        if let Some(alias) = &ctx.req.alias {
+            outcome = kms::delete_alias_of(&ctx.client, alias.as_str(), key_id).await;
+        }
+        let scheduled = match outcome {
+            Ok(()) => kms::schedule_deletion(&ctx.client, key_id).await,
+            Err(e) => Err(e),
+        };
+        let ok = scheduled.is_ok();
+        {
             let id = ctx.attempt.clone();
-            let o: Result<Option<String>, String> = outcome
+            let o: Result<Option<String>, String> = scheduled
                 .as_ref()
                 .map(|d| {
                     d.as_ref()
                         .and_then(|d| record::aws_time(Some(d)).as_str().map(str::to_owned))
                 })
                 .map_err(|e| e.to_string());
-            self.store
+            if let Err(e) = self
+                .store
                 .call(move |c| {
                     attempts::cleanup_result(
                         c,
@@ -427,11 +530,11 @@ impl Uploader {
                     )
                 })
                 .await
-        };
-        if let Err(e) = recorded {
-            tracing::error!(error = %e, "could not record the cleanup outcome");
+            {
+                tracing::error!(error = %e, "could not record the cleanup outcome");
+            }
         }
-        let what = if scheduled {
+        let what = if ok {
             format!("AWS key {key_id} created for it has been scheduled for deletion (7 days)")
         } else {
             format!(

@@ -44,7 +44,12 @@ where
             };
             ApiError::new(code, msg)
         })?;
-        parse_json(&bytes).map(ApiJson)
+        let parsed = parse_json(&bytes).map(ApiJson);
+        // Bodies may carry key material (vault imports): wipe the buffer once parsed.
+        if let Ok(mut owned) = bytes.try_into_mut() {
+            zeroize::Zeroize::zeroize(owned.as_mut());
+        }
+        parsed
     }
 }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod server;
 pub mod state;
+pub mod system;
 pub mod templates;
 pub mod upload;
 pub mod vault;
@@ -46,6 +47,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/api/v1/vault/keys2", post(vault::create).get(vault::list))
         .route("/api/v1/vault/keys2/{id}", get(vault::get_one))
+        .route("/api/v1/system/tokens", get(system::tokens))
         .route("/healthz", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -99,7 +99,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         ))
     })?;
     let token_cfg = cfg.clone();
-    let tokens = tokio::task::spawn_blocking(move || TokenSet::open(&token_cfg, true))
+    let tokens = tokio::task::spawn_blocking(move || TokenSet::open(&token_cfg))
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?
         .map_err(|e| ServeError::Setup(e.to_string()))?;
@@ -115,6 +115,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             hsm_luna: HsmLunaTier::new(tokens.sources().cloned().collect()),
         },
         live: live.clone(),
+        detailed_errors: cfg.logging.detailed_errors,
     });
     let state = AppState {
         auth: Arc::new(auth),
@@ -134,8 +135,14 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         })?;
     let addr = listener.local_addr()?;
 
-    let cleaner = Cleaner { kms, store, live };
-    tokio::spawn(cleaner.run_forever(Duration::from_secs(cfg.cleanup.interval_secs)));
+    let cleaner = Cleaner {
+        kms,
+        store,
+        live,
+        interval: Duration::from_secs(cfg.cleanup.interval_secs),
+        detailed_errors: cfg.logging.detailed_errors,
+    };
+    tokio::spawn(cleaner.run_forever());
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     if let Some(f) = &cfg.server.address_file {

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use tracing::Instrument;
 
 use super::AppState;
 use super::auth::Caller;
@@ -16,6 +17,15 @@ pub async fn upload_key(
     ApiJson(body): ApiJson<UploadKeyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     tracing::info!(user = %caller.user, "upload-key requested");
-    let record = state.uploader.upload(body, &current_request_id()).await?;
+    // The upload runs in its own task: a caller hanging up mid-flow must not cut the AWS
+    // sequence short, which would leave its cleanup to the next cleaner pass.
+    let uploader = state.uploader.clone();
+    let request_id = current_request_id();
+    let record = tokio::spawn(
+        async move { uploader.upload(body, &request_id).await }
+            .instrument(tracing::Span::current()),
+    )
+    .await
+    .map_err(|e| ApiError::internal("the upload task failed").with_detail(e.to_string()))??;
     Ok((StatusCode::CREATED, axum::Json(record)))
 }

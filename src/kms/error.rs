@@ -37,6 +37,12 @@ impl KmsError {
         Self::upstream(op, message)
     }
 
+    /// Whether AWS itself answered (an error code), as opposed to a lost or unreadable call,
+    /// after which the effect of the call is unknown.
+    pub fn answered(&self) -> bool {
+        self.code.is_some()
+    }
+
     pub fn from_sdk<E, R>(op: &'static str, err: SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -68,7 +74,7 @@ impl KmsError {
                 message: if d.is_io() || d.is_timeout() {
                     "AWS KMS endpoint unreachable".into()
                 } else {
-                    format!("request could not be sent: {d:?}")
+                    "the request could not be sent to AWS KMS".into()
                 },
             },
             SdkError::ResponseError(_) => Self {
@@ -97,9 +103,7 @@ pub fn classify(code: Option<&str>) -> KmsErrorKind {
             | "ValidationException"
             | "InvalidArnException"
             | "UnsupportedOperationException"
-            | "InvalidKeyUsageException"
-            | "IncorrectKeyMaterialException"
-            | "InvalidCiphertextException",
+            | "InvalidKeyUsageException",
         ) => KmsErrorKind::BadRequest,
         Some("AlreadyExistsException" | "KMSInvalidStateException" | "DisabledException") => {
             KmsErrorKind::Conflict

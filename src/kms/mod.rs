@@ -61,13 +61,12 @@ impl KmsRegistry {
 
     pub async fn client(&self, conn: &KmsConn, region: &str) -> Client {
         let key = (conn.cfg.id.clone(), region.to_owned());
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&key) {
+        if let Some(c) = self.clients.lock().await.get(&key) {
             return c.clone();
         }
+        // Built without the lock held: loading credentials may take a while.
         let c = build_client(&conn.cfg, region).await;
-        clients.insert(key, c.clone());
-        c
+        self.clients.lock().await.entry(key).or_insert(c).clone()
     }
 }
 
@@ -335,7 +334,39 @@ pub async fn schedule_deletion(
     }
 }
 
-/// Keys whose tag `tag_key` equals `value` (crash recovery; walks the region's keys).
+/// Removes `alias` if it still points at `key_id` (a failed upload's alias); a missing alias
+/// or one that points elsewhere is left alone.
+pub async fn delete_alias_of(client: &Client, alias: &str, key_id: &str) -> Result<(), KmsError> {
+    match client.describe_key().key_id(alias).send().await {
+        Ok(out) => {
+            if out.key_metadata().map(|m| m.key_id()) != Some(key_id) {
+                return Ok(());
+            }
+        }
+        Err(e) => {
+            let err = KmsError::from_sdk("DescribeKey", e);
+            return if err.kind == KmsErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(err)
+            };
+        }
+    }
+    match client.delete_alias().alias_name(alias).send().await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let err = KmsError::from_sdk("DeleteAlias", e);
+            if err.kind == KmsErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Keys whose tag `tag_key` equals `value` (crash recovery; walks the region's keys). Keys
+/// whose tags cannot be read are skipped; only failing to list keys is an error.
 pub async fn find_keys_tagged(
     client: &Client,
     tag_key: &str,
@@ -352,12 +383,16 @@ pub async fn find_keys_tagged(
             .map_err(|e| KmsError::from_sdk("ListKeys", e))?;
         for k in out.keys() {
             let Some(id) = k.key_id() else { continue };
-            let tags = client
-                .list_resource_tags()
-                .key_id(id)
-                .send()
-                .await
-                .map_err(|e| KmsError::from_sdk("ListResourceTags", e))?;
+            let tags = match client.list_resource_tags().key_id(id).send().await {
+                Ok(t) => t,
+                Err(e) => {
+                    let err = KmsError::from_sdk("ListResourceTags", e);
+                    if err.code.is_none() {
+                        return Err(err);
+                    }
+                    continue;
+                }
+            };
             if tags
                 .tags()
                 .iter()

@@ -21,56 +21,87 @@ pub struct TokenSet {
     vault: usize,
 }
 
+/// One token as `probe` sees it: opened and self-tested, or why not.
+pub struct Probed {
+    pub name: String,
+    pub token: Result<Arc<Token>, TokenError>,
+}
+
+impl Token {
+    /// Whether what the self-test proved is enough for the token's role.
+    pub fn verdict(&self) -> Result<(), String> {
+        let Some(caps) = self.capabilities() else {
+            return Err("no self-test result".into());
+        };
+        if caps.oaep.is_empty() {
+            return Err(format!(
+                "token {} proved no RSA-OAEP wrap method; it cannot wrap keys for AWS",
+                self.name
+            ));
+        }
+        if self.role == TokenRole::Bridge && caps.storage.is_none() {
+            return Err(format!(
+                "bridge token {} proved no RFC 5649 method to keep vault keys under its KEK",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Opens, logs in and self-tests each token, each on its own.
+fn open_each(cfg: &Config) -> Result<Vec<Probed>, TokenError> {
+    let modules = token::Modules::default();
+    let test_key = selftest::TestKey::generate()?;
+    Ok(cfg
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, tc)| {
+            let opened = Token::open(&modules, tc, i).and_then(|t| {
+                let caps = t.run_blocking(|s| {
+                    selftest::run(s, &t.profile, &test_key, tc.role == TokenRole::Bridge)
+                })?;
+                for f in &caps.findings {
+                    tracing::info!(token = %t.name, method = %f.method, proven = f.proven, detail = %f.detail, "self-test");
+                }
+                t.set_capabilities(caps);
+                Ok(Arc::new(t))
+            });
+            Probed {
+                name: tc.name.clone(),
+                token: opened,
+            }
+        })
+        .collect())
+}
+
 impl TokenSet {
-    /// Opens every token, logs in and runs the self-test; when serving, also makes sure the
-    /// vault KEK exists (`probe` changes nothing in the tokens). Blocking; called once at start.
-    pub fn open(cfg: &Config, serving: bool) -> Result<Self, TokenError> {
-        let modules = token::Modules::default();
-        let test_key = selftest::TestKey::generate()?;
+    /// Opens every token, logs in, runs the self-test and makes sure the vault KEK exists;
+    /// any token that fails or proves too little stops the start. Blocking; called once.
+    pub fn open(cfg: &Config) -> Result<Self, TokenError> {
         let mut tokens = Vec::new();
-        for tc in &cfg.tokens {
-            let t = Token::open(&modules, tc).map_err(|e| match e {
-                TokenError::Refused(m) => TokenError::Refused(m),
-                other => TokenError::Refused(format!("token {}: {other}", tc.name)),
-            })?;
-            let caps = t.run_blocking(|s| {
-                selftest::run(s, &t.profile, &test_key, tc.role == TokenRole::Bridge)
-            })?;
-            for f in &caps.findings {
-                tracing::info!(
-                    token = %t.name,
-                    method = %f.method,
-                    proven = f.proven,
-                    detail = %f.detail,
-                    "self-test"
-                );
+        for p in open_each(cfg)? {
+            let t = p.token?;
+            t.verdict().map_err(TokenError::SelfTest)?;
+            if let Some(caps) = t.capabilities() {
+                tracing::info!(token = %t.name, proven = %caps.summary(), "token ready");
             }
-            if caps.oaep.is_empty() {
-                return Err(TokenError::SelfTest(format!(
-                    "token {} proved no RSA-OAEP wrap method; it cannot wrap keys for AWS",
-                    t.name
-                )));
-            }
-            if tc.role == TokenRole::Bridge && caps.storage.is_none() {
-                return Err(TokenError::SelfTest(format!(
-                    "bridge token {} proved no RFC 5649 method to keep vault keys under its KEK",
-                    t.name
-                )));
-            }
-            tracing::info!(token = %t.name, proven = %caps.summary(), "token ready");
-            t.set_capabilities(caps);
-            tokens.push(Arc::new(t));
+            tokens.push(t);
         }
         let vault_name = cfg.vault_token().name.clone();
         let vault = tokens
             .iter()
             .position(|t| t.name == vault_name)
             .ok_or_else(|| TokenError::Refused("no vault token".into()))?;
-        if serving {
-            let kek_label = tokens[vault].kek_label.clone();
-            tokens[vault].run_blocking(|s| ops::ensure_kek(s, &kek_label).map(|_| ()))?;
-        }
+        let kek_label = tokens[vault].kek_label.clone();
+        tokens[vault].run_blocking(|s| ops::ensure_kek(s, &kek_label).map(|_| ()))?;
         Ok(Self { tokens, vault })
+    }
+
+    /// Every token, whatever happened to it; nothing in the tokens is changed.
+    pub fn probe(cfg: &Config) -> Result<Vec<Probed>, TokenError> {
+        open_each(cfg)
     }
 
     pub fn all(&self) -> &[Arc<Token>] {

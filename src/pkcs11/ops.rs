@@ -53,10 +53,22 @@ impl<'s> SessionObject<'s> {
     }
 }
 
+std::thread_local! {
+    /// Set when a session object could not be destroyed on this thread: the session that holds
+    /// it must then be closed (which destroys its session objects) rather than pooled.
+    static DESTROY_FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a session object failed to be destroyed since the last call (and resets it).
+pub fn take_destroy_failure() -> bool {
+    DESTROY_FAILED.with(|f| f.replace(false))
+}
+
 impl Drop for SessionObject<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.session.destroy_object(self.handle) {
-            tracing::error!(error = %e, "could not destroy a session object");
+            tracing::error!(error = %e, "could not destroy a session object; its session will be closed");
+            DESTROY_FAILED.with(|f| f.set(true));
         }
     }
 }
@@ -573,14 +585,23 @@ pub fn private_key_kind(
     })
 }
 
-/// Objects this process sees in the token: (token objects, session objects).
+/// Keys, certificates and data objects this process sees in the token: (token objects,
+/// session objects). Other classes (kryoptic lists its mechanisms as objects) are left out.
 pub fn count_objects(session: &Session) -> Result<(usize, usize), TokenError> {
-    let all = session
-        .find_objects(&[])
-        .map_err(TokenError::ck("C_FindObjects"))?;
-    let session_objects = session
-        .find_objects(&[Attribute::Token(false)])
-        .map_err(TokenError::ck("C_FindObjects"))?
-        .len();
-    Ok((all.len() - session_objects.min(all.len()), session_objects))
+    let mut counts = (0, 0);
+    for class in [
+        ObjectClass::DATA,
+        ObjectClass::CERTIFICATE,
+        ObjectClass::PUBLIC_KEY,
+        ObjectClass::PRIVATE_KEY,
+        ObjectClass::SECRET_KEY,
+    ] {
+        for (on_token, slot) in [(true, &mut counts.0), (false, &mut counts.1)] {
+            *slot += session
+                .find_objects(&[Attribute::Class(class), Attribute::Token(on_token)])
+                .map_err(TokenError::ck("C_FindObjects"))?
+                .len();
+        }
+    }
+    Ok(counts)
 }

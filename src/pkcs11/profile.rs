@@ -74,6 +74,10 @@ pub struct Profile {
 pub struct Quirks {
     #[serde(default)]
     pub cross_token_handles: bool,
+    /// P-521 keys generated in the token often carry a 65-byte scalar, which AWS and many
+    /// PKCS#8 parsers reject (kryoptic 1.5); the vault refuses to generate them there.
+    #[serde(default)]
+    pub p521_keygen_short_scalar: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

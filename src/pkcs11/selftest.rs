@@ -86,8 +86,10 @@ pub struct Capabilities {
 #[derive(Debug, Clone, Serialize)]
 pub struct StorageCaps {
     pub mechanism: RawMechanism,
-    /// Secret lengths (bytes) that wrap exactly and come back intact.
+    /// HMAC (generic secret) lengths, in bytes, that wrap exactly and come back intact.
     pub exact_lengths: BTreeSet<usize>,
+    /// The same for AES key objects (16, 24, 32).
+    pub aes_lengths: BTreeSet<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,12 +121,6 @@ impl Capabilities {
         } else {
             why.join("; ")
         })
-    }
-
-    pub fn can_store(&self, len: usize) -> bool {
-        self.storage
-            .as_ref()
-            .is_some_and(|s| s.exact_lengths.contains(&len))
     }
 
     /// One line per method, for logs and `probe`.
@@ -567,13 +563,19 @@ fn prove_storage(
             mech.name()
         );
         match prove_kwp_lengths(session, mech, key, oaep) {
-            Ok(exact) => {
+            Ok((exact, aes)) => {
                 let detail = describe_lengths(&exact);
                 let proven = !exact.is_empty();
                 findings.push(Finding {
                     method,
                     proven,
-                    detail: format!("exact for {detail}"),
+                    detail: format!(
+                        "exact for {detail}; AES keys of {}",
+                        aes.iter()
+                            .map(|l| format!("{} bits", l * 8))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 });
                 if proven
                     && best
@@ -583,6 +585,7 @@ fn prove_storage(
                     best = Some(StorageCaps {
                         mechanism: mech,
                         exact_lengths: exact,
+                        aes_lengths: aes,
                     });
                 }
             }
@@ -596,34 +599,19 @@ fn prove_storage(
     best
 }
 
-/// Wraps a known secret of every storable length under a known KEK and checks each in
-/// software; then proves the unwrap side on the largest and smallest exact lengths by
-/// unwrapping in the token and re-wrapping under the proven OAEP method.
+/// Wraps known secrets under a known KEK and checks each in software: HMAC (generic secret)
+/// objects of every storable length and AES objects of 16, 24 and 32 bytes. Then proves the
+/// unwrap side, for each kind, on its smallest and largest exact lengths by unwrapping in the
+/// token and re-wrapping under the proven OAEP method. Returns (HMAC lengths, AES lengths).
 fn prove_kwp_lengths(
     session: &Session,
     mech: RawMechanism,
     key: &TestKey,
     oaep: Option<OaepHash>,
-) -> Result<BTreeSet<usize>, String> {
+) -> Result<(BTreeSet<usize>, BTreeSet<usize>), String> {
     let mut kek_value = Zeroizing::new([0u8; 32]);
     rand::thread_rng().fill_bytes(kek_value.as_mut());
     let kek = ops::create_test_kek(session, kek_value.as_ref()).map_err(|e| ck_detail(&e))?;
-    let mut exact = BTreeSet::new();
-    let mut blobs = Vec::new();
-    for len in STORAGE_LENGTHS {
-        let secret = random_secret(len);
-        let obj =
-            ops::create_secret(session, SecretKind::Hmac, &secret).map_err(|e| ck_detail(&e))?;
-        let wrapped = match ops::kwp_wrap(session, mech, kek.handle(), obj.handle()) {
-            Ok(w) => w,
-            Err(e) if len == *STORAGE_LENGTHS.start() => return Err(ck_detail(&e)),
-            Err(_) => continue,
-        };
-        if check_kwp_wrap(&kek_value, &secret, &wrapped).is_ok() {
-            exact.insert(len);
-            blobs.push((len, secret, wrapped));
-        }
-    }
     let Some(hash) = oaep else {
         return Err("no proven OAEP method to check the unwrap side with".into());
     };
@@ -634,19 +622,43 @@ fn prove_kwp_lengths(
         MechanismType::RSA_PKCS_OAEP,
     )
     .map_err(|e| ck_detail(&e))?;
-    let picks: Vec<_> = [blobs.first(), blobs.last()]
-        .into_iter()
-        .flatten()
-        .collect();
-    for (len, secret, wrapped) in picks {
-        let back = ops::kwp_unwrap_secret(session, mech, kek.handle(), wrapped, SecretKind::Hmac)
-            .map_err(|e| format!("unwrap of a {len}-byte secret: {}", ck_detail(&e)))?;
-        let again = ops::oaep_wrap(session, hash, wrapping.handle(), back.handle())
-            .map_err(|e| ck_detail(&e))?;
-        check_oaep_wrap(&key.private, hash, secret, &again)
-            .map_err(|m| format!("round trip of a {len}-byte secret: {m}"))?;
+    let mut results = Vec::new();
+    for (kind, lengths) in [
+        (SecretKind::Hmac, STORAGE_LENGTHS.collect::<Vec<_>>()),
+        (SecretKind::Aes, vec![16, 24, 32]),
+    ] {
+        let mut exact = BTreeSet::new();
+        let mut blobs = Vec::new();
+        for (i, len) in lengths.into_iter().enumerate() {
+            let secret = random_secret(len);
+            let obj = ops::create_secret(session, kind, &secret).map_err(|e| ck_detail(&e))?;
+            let wrapped = match ops::kwp_wrap(session, mech, kek.handle(), obj.handle()) {
+                Ok(w) => w,
+                Err(e) if i == 0 => return Err(ck_detail(&e)),
+                Err(_) => continue,
+            };
+            if check_kwp_wrap(&kek_value, &secret, &wrapped).is_ok() {
+                exact.insert(len);
+                blobs.push((len, secret, wrapped));
+            }
+        }
+        let picks: Vec<_> = [blobs.first(), blobs.last()]
+            .into_iter()
+            .flatten()
+            .collect();
+        for (len, secret, wrapped) in picks {
+            let back = ops::kwp_unwrap_secret(session, mech, kek.handle(), wrapped, kind)
+                .map_err(|e| format!("unwrap of a {len}-byte {kind:?} key: {}", ck_detail(&e)))?;
+            let again = ops::oaep_wrap(session, hash, wrapping.handle(), back.handle())
+                .map_err(|e| ck_detail(&e))?;
+            check_oaep_wrap(&key.private, hash, secret, &again)
+                .map_err(|m| format!("round trip of a {len}-byte {kind:?} key: {m}"))?;
+        }
+        results.push(exact);
     }
-    Ok(exact)
+    let aes = results.pop().unwrap_or_default();
+    let hmac = results.pop().unwrap_or_default();
+    Ok((hmac, aes))
 }
 
 #[cfg(test)]

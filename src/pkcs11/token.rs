@@ -124,22 +124,31 @@ struct Inner {
 }
 
 impl Token {
-    pub fn open(modules: &Modules, cfg: &TokenConfig) -> Result<Self, TokenError> {
+    /// Opens the token of `cfg` (entry `index` of `[[tokens]]`); failures name the config key
+    /// an operator has to look at.
+    pub fn open(modules: &Modules, cfg: &TokenConfig, index: usize) -> Result<Self, TokenError> {
+        let key = |k: &str| format!("config key `tokens[{index}].{k}`");
         let profile = crate::pkcs11::profile::Profile::load(&cfg.profile)
-            .map_err(|e| TokenError::Refused(e.to_string()))?;
+            .map_err(|e| TokenError::Refused(format!("{}: {e}", key("profile"))))?;
         let pin = cfg
             .pin_source()
             .read_string()
-            .map_err(|e| TokenError::Refused(format!("token {}: {e}", cfg.name)))?;
-        let pkcs11 = modules.get(&cfg.module)?;
-        let locator = match (&cfg.token_label, &cfg.token_serial) {
-            (_, Some(s)) => Locator::Serial(s.clone()),
-            (Some(l), None) => Locator::Label(l.clone()),
+            .map_err(|e| TokenError::Refused(format!("{}: {e}", key("pin_file"))))?;
+        let pkcs11 = modules
+            .get(&cfg.module)
+            .map_err(|e| TokenError::Refused(format!("{}: {e}", key("module"))))?;
+        let (locator, locator_key) = match (&cfg.token_label, &cfg.token_serial) {
+            (_, Some(s)) => (Locator::Serial(s.clone()), "token_serial"),
+            (Some(l), None) => (Locator::Label(l.clone()), "token_label"),
             (None, None) => {
-                return Err(TokenError::Refused("no token_label or token_serial".into()));
+                return Err(TokenError::Refused(format!(
+                    "{}: token_label or token_serial is required",
+                    key("token_label")
+                )));
             }
         };
-        let place = find_slot(&pkcs11, &locator)?;
+        let place = find_slot(&pkcs11, &locator)
+            .map_err(|e| TokenError::Refused(format!("{}: {e}", key(locator_key))))?;
         let login = match cfg.login_user.as_deref() {
             Some("crypto-user") => LoginUser::CryptoUser,
             Some(_) => LoginUser::User,
@@ -160,7 +169,9 @@ impl Token {
             permits: Arc::new(Semaphore::new(cfg.sessions)),
         });
         // Log in now so that a wrong PIN stops the start, not the first request.
-        inner.with_session(|_| Ok(()))?;
+        inner.with_session(|_| Ok(())).map_err(|e| {
+            TokenError::Refused(format!("token {}: {e} (see {})", cfg.name, key("pin_file")))
+        })?;
         Ok(Token {
             name: cfg.name.clone(),
             role: cfg.role,
@@ -225,7 +236,13 @@ impl Inner {
         f: impl FnOnce(&Session) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
         let session = self.checkout()?;
+        super::ops::take_destroy_failure();
         let result = f(&session);
+        if super::ops::take_destroy_failure() {
+            // Closing the session destroys whatever session objects it still holds.
+            drop(session);
+            return result;
+        }
         match &result {
             Err(e) if e.poisons_session() => {
                 drop(session);

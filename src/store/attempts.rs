@@ -19,6 +19,8 @@ pub mod state {
     pub const CLEANED: &str = "cleaned";
     /// Failed before any AWS key existed.
     pub const FAILED: &str = "failed";
+    /// Claimed by the cleaner while it talks to AWS.
+    pub const CLEANING: &str = "cleaning";
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +33,7 @@ pub struct Attempt {
     pub region: String,
     pub source_key_tier: String,
     pub source_key_identifier: String,
+    pub alias: Option<String>,
     pub aws_key_id: Option<String>,
     pub aws_key_arn: Option<String>,
     pub stage: String,
@@ -46,7 +49,7 @@ pub struct Attempt {
 }
 
 const COLUMNS: &str = "id, request_id, kms_id, kms_name, region, source_tier, source_key, aws_key_id, \
-    aws_key_arn, stage, state, error, cleanup_error, cleanup_tries, deletion_date, created_at, updated_at";
+    aws_key_arn, stage, state, error, cleanup_error, cleanup_tries, deletion_date, created_at, updated_at, alias";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
     Ok(Attempt {
@@ -67,6 +70,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
         deletion_date: r.get(14)?,
         created_at: r.get(15)?,
         updated_at: r.get(16)?,
+        alias: r.get(17)?,
     })
 }
 
@@ -78,13 +82,14 @@ pub struct NewAttempt {
     pub region: String,
     pub source_tier: String,
     pub source_key: String,
+    pub alias: Option<String>,
 }
 
 pub fn begin(conn: &rusqlite::Connection, a: &NewAttempt) -> Result<(), StoreError> {
     let now = now_rfc3339();
     conn.execute(
         "INSERT INTO upload_attempts (id, request_id, kms_id, kms_name, region, source_tier, source_key, \
-         stage, state, created_at, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,'CreateKey',?8,?9,?9)",
+         alias, stage, state, created_at, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?10,'CreateKey',?8,?9,?9)",
         params![
             a.id,
             a.request_id,
@@ -94,7 +99,8 @@ pub fn begin(conn: &rusqlite::Connection, a: &NewAttempt) -> Result<(), StoreErr
             a.source_tier,
             a.source_key,
             state::CREATING,
-            now
+            now,
+            a.alias
         ],
     )?;
     Ok(())
@@ -113,12 +119,37 @@ pub fn key_created(
     Ok(())
 }
 
+pub fn set_key(conn: &rusqlite::Connection, id: &str, key_id: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE upload_attempts SET aws_key_id = COALESCE(aws_key_id, ?2) WHERE id = ?1",
+        params![id, key_id],
+    )?;
+    Ok(())
+}
+
 pub fn stage(conn: &rusqlite::Connection, id: &str, stage: &str) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE upload_attempts SET stage = ?2, updated_at = ?3 WHERE id = ?1",
         params![id, stage, now_rfc3339()],
     )?;
     Ok(())
+}
+
+/// Marks an in-progress upload completed; `false` if it is no longer in progress.
+pub fn complete(conn: &rusqlite::Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE upload_attempts SET state = ?2, updated_at = ?3 WHERE id = ?1 AND state = ?4",
+        params![id, state::COMPLETED, now_rfc3339(), state::IN_PROGRESS],
+    )? > 0)
+}
+
+/// The cleaner takes an attempt only if nobody changed it since it was read.
+pub fn claim(conn: &rusqlite::Connection, a: &Attempt) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE upload_attempts SET state = ?2, updated_at = ?3 \
+         WHERE id = ?1 AND state = ?4 AND updated_at = ?5",
+        params![a.id, state::CLEANING, now_rfc3339(), a.state, a.updated_at],
+    )? > 0)
 }
 
 pub fn finish(

@@ -28,7 +28,8 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vault_keys (
     id            TEXT PRIMARY KEY,
     name          TEXT NOT NULL UNIQUE,
@@ -86,7 +87,14 @@ CREATE TABLE upload_attempts (
     updated_at    TEXT NOT NULL
 );
 CREATE INDEX upload_attempts_state ON upload_attempts(state);
-"#];
+"#,
+    // The alias an attempt asked for (removed again if the attempt fails), and the curve of
+    // EC vault keys.
+    r#"
+ALTER TABLE upload_attempts ADD COLUMN alias TEXT;
+ALTER TABLE vault_keys ADD COLUMN curve TEXT;
+"#,
+];
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -95,15 +103,17 @@ impl Store {
         {
             std::fs::create_dir_all(dir)?;
         }
-        let fresh = !path.exists();
-        let conn = Connection::open(path)?;
+        // Created 0600 whatever the umask; SQLite gives its -wal and -shm files the same mode.
         #[cfg(unix)]
-        if fresh {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
         }
-        #[cfg(not(unix))]
-        let _ = fresh;
+        let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;

@@ -20,6 +20,8 @@ pub struct VaultKeyRow {
     pub kek_id: Vec<u8>,
     pub token_serial: String,
     pub public_key: Option<String>,
+    /// CipherTrust's curveid, for EC keys.
+    pub curve: Option<String>,
     /// meta, labels and flags the caller gave, echoed back.
     pub extra: String,
     pub created_at: String,
@@ -27,7 +29,7 @@ pub struct VaultKeyRow {
 }
 
 const COLUMNS: &str = "id, name, algorithm, size, kind, value_len, usage_mask, origin, wrapped, \
-    wrap_mechanism, kek_label, kek_id, token_serial, public_key, extra, created_at, updated_at";
+    wrap_mechanism, kek_label, kek_id, token_serial, public_key, extra, created_at, updated_at, curve";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<VaultKeyRow> {
     Ok(VaultKeyRow {
@@ -48,13 +50,14 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<VaultKeyRow> {
         extra: r.get(14)?,
         created_at: r.get(15)?,
         updated_at: r.get(16)?,
+        curve: r.get(17)?,
     })
 }
 
 /// Inserts a key; `Ok(false)` when the name is taken.
 pub fn insert(conn: &rusqlite::Connection, k: &VaultKeyRow) -> Result<bool, StoreError> {
     let res = conn.execute(
-        &format!("INSERT INTO vault_keys ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"),
+        &format!("INSERT INTO vault_keys ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)"),
         params![
             k.id,
             k.name,
@@ -72,7 +75,8 @@ pub fn insert(conn: &rusqlite::Connection, k: &VaultKeyRow) -> Result<bool, Stor
             k.public_key,
             k.extra,
             k.created_at,
-            k.updated_at
+            k.updated_at,
+            k.curve
         ],
     );
     match res {

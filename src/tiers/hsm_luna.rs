@@ -1,14 +1,16 @@
 //! `hsm-luna`: a key already in a configured source token (a Luna partition in production),
-//! found by CKA_LABEL or, failing that, by hex CKA_ID. It is wrapped where it lives.
+//! found by CKA_LABEL or, failing that, by hex CKA_ID: a secret key for SYMMETRIC_DEFAULT and
+//! HMAC specs, a private key for RSA and ECC specs. It is wrapped where it lives.
 
 use std::sync::Arc;
 
-use cryptoki::object::{KeyType, ObjectClass};
+use cryptoki::object::{KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use super::{InToken, Materialize, ResolvedSource, Tier, check_secret_len};
+use super::{InToken, Materialize, ResolvedSource, Tier, check_private_kind, check_secret_len};
 use crate::cckm::spec::{KeySpec, SpecFamily};
 use crate::error::DomainError;
+use crate::pkcs11::keys::PrivateKind;
 use crate::pkcs11::ops::{self, KeyFacts};
 use crate::pkcs11::{Token, TokenError};
 
@@ -24,15 +26,15 @@ impl HsmLunaTier {
 
 #[derive(Clone)]
 enum Lookup {
-    Label(String),
-    Id(Vec<u8>),
+    Label(ObjectClass, String),
+    Id(ObjectClass, Vec<u8>),
 }
 
 impl Lookup {
-    fn find(&self, s: &Session) -> Result<Vec<cryptoki::object::ObjectHandle>, TokenError> {
+    fn find(&self, s: &Session) -> Result<Vec<ObjectHandle>, TokenError> {
         match self {
-            Lookup::Label(l) => ops::find_keys(s, ObjectClass::SECRET_KEY, Some(l), None),
-            Lookup::Id(i) => ops::find_keys(s, ObjectClass::SECRET_KEY, None, Some(i)),
+            Lookup::Label(c, l) => ops::find_keys(s, *c, Some(l), None),
+            Lookup::Id(c, i) => ops::find_keys(s, *c, None, Some(i)),
         }
     }
 }
@@ -62,28 +64,48 @@ fn is_hmac_type(k: KeyType) -> bool {
         || k == KeyType::SHA512_HMAC
 }
 
-fn check_facts(f: &KeyFacts, spec: KeySpec, token: &str) -> Result<(), DomainError> {
+/// A key found for the identifier: where, how to find it again, what it is.
+struct Hit {
+    lookup: Lookup,
+    facts: KeyFacts,
+    private: Option<PrivateKind>,
+}
+
+fn check_facts(hit: &Hit, spec: KeySpec, token: &str) -> Result<(), DomainError> {
+    let f = &hit.facts;
     let what = format!("key `{}` in token {token}", f.label);
+    if f.class == ObjectClass::PRIVATE_KEY {
+        let kind = hit.private.ok_or_else(|| {
+            DomainError::Invalid(format!(
+                "aws_param.CustomerMasterKeySpec: {what} is a private key of a type AWS does not \
+                 import (RSA 2048/3072/4096, EC P-256/P-384/P-521/secp256k1)"
+            ))
+        })?;
+        check_private_kind(spec, kind, &what)?;
+        return check_export(f, &what);
+    }
     let key_type = f
         .key_type
         .ok_or_else(|| DomainError::Unprocessable(format!("{what} does not tell its key type")))?;
-    match spec.family() {
-        SpecFamily::Symmetric if key_type != KeyType::AES => {
-            return Err(DomainError::Invalid(format!(
-                "aws_param.CustomerMasterKeySpec: {spec} needs an AES key; {what} is {key_type}"
-            )));
-        }
-        SpecFamily::Hmac if !is_hmac_type(key_type) => {
-            return Err(DomainError::Invalid(format!(
-                "aws_param.CustomerMasterKeySpec: {spec} needs an HMAC (generic secret) key; {what} is {key_type}"
-            )));
-        }
-        _ => {}
+    let wrong = match spec.family() {
+        SpecFamily::Symmetric if key_type != KeyType::AES => Some("an AES key"),
+        SpecFamily::Hmac if !is_hmac_type(key_type) => Some("an HMAC (generic secret) key"),
+        SpecFamily::Rsa | SpecFamily::Ecc => Some("a private key"),
+        _ => None,
+    };
+    if let Some(needed) = wrong {
+        return Err(DomainError::Invalid(format!(
+            "aws_param.CustomerMasterKeySpec: {spec} needs {needed}; {what} is {key_type}"
+        )));
     }
     let len = f
         .value_len
         .ok_or_else(|| DomainError::Unprocessable(format!("{what} does not tell its length")))?;
     check_secret_len(spec, len as usize, &what)?;
+    check_export(f, &what)
+}
+
+fn check_export(f: &KeyFacts, what: &str) -> Result<(), DomainError> {
     if f.extractable != Some(true) {
         return Err(DomainError::Unprocessable(format!(
             "{what} is not extractable (CKA_EXTRACTABLE is false): the token will not wrap it for AWS"
@@ -97,6 +119,35 @@ fn check_facts(f: &KeyFacts, spec: KeySpec, token: &str) -> Result<(), DomainErr
     Ok(())
 }
 
+fn find_in(s: &Session, class: ObjectClass, identifier: &str) -> Result<Vec<Hit>, TokenError> {
+    let label = Lookup::Label(class, identifier.to_owned());
+    let id = hex::decode(identifier)
+        .ok()
+        .filter(|b| !b.is_empty())
+        .map(|i| Lookup::Id(class, i));
+    let mut hits = Vec::new();
+    for lookup in std::iter::once(label).chain(id) {
+        let handles = lookup.find(s)?;
+        for h in &handles {
+            let facts = ops::key_facts(s, *h)?;
+            let private = if facts.class == ObjectClass::PRIVATE_KEY {
+                ops::private_key_kind(s, *h)?
+            } else {
+                None
+            };
+            hits.push(Hit {
+                lookup: lookup.clone(),
+                facts,
+                private,
+            });
+        }
+        if !handles.is_empty() {
+            break;
+        }
+    }
+    Ok(hits)
+}
+
 impl Tier for HsmLunaTier {
     async fn resolve(
         &self,
@@ -108,35 +159,30 @@ impl Tier for HsmLunaTier {
                 "source_key_tier hsm-luna: no source token (role = \"source\") is configured on this bridge".into(),
             ));
         }
-        let mut found: Vec<(Arc<Token>, Lookup, KeyFacts)> = Vec::new();
+        // Secret specs look for secret keys, asymmetric ones for private keys.
+        let class = if spec.private_kind().is_some() {
+            ObjectClass::PRIVATE_KEY
+        } else {
+            ObjectClass::SECRET_KEY
+        };
+        let mut found: Vec<(Arc<Token>, Hit)> = Vec::new();
         for token in &self.tokens {
-            let label = Lookup::Label(identifier.to_owned());
-            let id = hex::decode(identifier)
-                .ok()
-                .filter(|b| !b.is_empty())
-                .map(Lookup::Id);
+            let ident = identifier.to_owned();
             let hits = token
-                .run(move |s| {
-                    let mut hits = Vec::new();
-                    for lookup in std::iter::once(label).chain(id) {
-                        let handles = lookup.find(s)?;
-                        for h in &handles {
-                            hits.push((lookup.clone(), ops::key_facts(s, *h)?));
-                        }
-                        if !handles.is_empty() {
-                            break;
-                        }
-                    }
-                    Ok(hits)
-                })
+                .run(move |s| find_in(s, class, &ident))
                 .await
                 .map_err(DomainError::token(&token.name))?;
-            found.extend(hits.into_iter().map(|(l, f)| (token.clone(), l, f)));
+            found.extend(hits.into_iter().map(|h| (token.clone(), h)));
         }
-        let (token, lookup, facts) = match found.len() {
+        let what = if class == ObjectClass::PRIVATE_KEY {
+            "private key"
+        } else {
+            "secret key"
+        };
+        let (token, hit) = match found.len() {
             0 => {
                 return Err(DomainError::NotFound(format!(
-                    "source_key_identifier: no secret key labelled (or with hex CKA_ID) `{identifier}` in the source tokens"
+                    "source_key_identifier: no {what} labelled (or with hex CKA_ID) `{identifier}` in the source tokens"
                 )));
             }
             1 => found.remove(0),
@@ -146,17 +192,18 @@ impl Tier for HsmLunaTier {
                 )));
             }
         };
-        check_facts(&facts, spec, &token.name)?;
-        let id_hex = hex::encode(&facts.id);
+        check_facts(&hit, spec, &token.name)?;
+        let id_hex = hex::encode(&hit.facts.id);
         Ok(ResolvedSource {
             token,
             local_key_id: if id_hex.is_empty() {
-                facts.label.clone()
+                hit.facts.label.clone()
             } else {
                 id_hex
             },
-            local_key_name: facts.label.clone(),
-            material: Arc::new(ResidentKey(lookup)),
+            local_key_name: hit.facts.label.clone(),
+            private: hit.private,
+            material: Arc::new(ResidentKey(hit.lookup)),
         })
     }
 }

@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use cryptoki::session::Session;
 
-use super::{InToken, Materialize, ResolvedSource, Tier, check_secret_len};
+use super::{InToken, Materialize, ResolvedSource, Tier, check_private_kind, check_secret_len};
 use crate::cckm::spec::KeySpec;
 use crate::error::DomainError;
 use crate::pkcs11::TokenError;
 use crate::store::vault::VaultKeyRow;
-use crate::vault::{Vault, VaultAlgorithm};
+use crate::vault::{Shape, Vault, VaultAlgorithm};
 
 pub struct LocalTier {
     vault: Arc<Vault>,
@@ -40,42 +40,53 @@ impl Tier for LocalTier {
                 "source_key_identifier: no vault key `{identifier}`"
             ))
         })?;
-        let algorithm = VaultAlgorithm::parse(&row.algorithm).ok_or_else(|| {
-            DomainError::Internal(format!("vault key {} has unknown algorithm", row.id))
+        let what = format!("vault key `{}`", row.name);
+        let shape = Shape::of(&row).ok_or_else(|| {
+            DomainError::Internal(format!("vault key {} has an unknown kind", row.id))
         })?;
-        if algorithm.spec() != spec {
-            return Err(DomainError::Invalid(format!(
-                "aws_param.CustomerMasterKeySpec: {spec} does not match vault key `{}` ({} {} bits, uploadable as {})",
-                row.name,
-                row.algorithm,
-                row.size,
-                algorithm.spec()
-            )));
-        }
-        check_secret_len(
-            spec,
-            row.value_len as usize,
-            &format!("vault key `{}`", row.name),
-        )?;
+        let private = match shape {
+            Shape::Private(kind) => {
+                check_private_kind(spec, kind, &what)?;
+                Some(kind)
+            }
+            Shape::Secret { len, .. } => {
+                let algorithm = VaultAlgorithm::parse(&row.algorithm).ok_or_else(|| {
+                    DomainError::Internal(format!("vault key {} has unknown algorithm", row.id))
+                })?;
+                if algorithm.secret_spec() != Some(spec) {
+                    return Err(DomainError::Invalid(format!(
+                        "aws_param.CustomerMasterKeySpec: {spec} does not match {what} ({} {} bits{})",
+                        row.algorithm,
+                        row.size,
+                        algorithm
+                            .secret_spec()
+                            .map(|s| format!(", uploadable as {s}"))
+                            .unwrap_or_default()
+                    )));
+                }
+                check_secret_len(spec, len, &what)?;
+                None
+            }
+        };
         let extra: serde_json::Value = serde_json::from_str(&row.extra).unwrap_or_default();
         if extra.get("unexportable").and_then(|v| v.as_bool()) == Some(true) {
             return Err(DomainError::Unprocessable(format!(
-                "vault key `{}` is marked unexportable",
-                row.name
+                "{what} is marked unexportable"
             )));
         }
         let token = self.vault.token().clone();
         let serial = token.ident().serial;
         if row.token_serial != serial {
             return Err(DomainError::Unprocessable(format!(
-                "vault key `{}` is kept under the KEK of token serial {}, not of the configured bridge token (serial {serial})",
-                row.name, row.token_serial
+                "{what} is kept under the KEK of token serial {}, not of the configured bridge token (serial {serial})",
+                row.token_serial
             )));
         }
         Ok(ResolvedSource {
             token,
             local_key_id: row.id.clone(),
             local_key_name: row.name.clone(),
+            private,
             material: Arc::new(StoredKey(row)),
         })
     }

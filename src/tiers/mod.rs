@@ -11,6 +11,7 @@ use cryptoki::session::Session;
 
 use crate::cckm::spec::{KeySpec, SourceTier};
 use crate::error::DomainError;
+use crate::pkcs11::keys::PrivateKind;
 use crate::pkcs11::ops::SessionObject;
 use crate::pkcs11::{Token, TokenError};
 
@@ -40,6 +41,8 @@ pub struct ResolvedSource {
     pub token: Arc<Token>,
     pub local_key_id: String,
     pub local_key_name: String,
+    /// `Some` for private keys (wrapped with RSA_AES_KEY_WRAP), `None` for secret keys.
+    pub private: Option<PrivateKind>,
     pub material: Arc<dyn Materialize>,
 }
 
@@ -92,7 +95,22 @@ pub fn check_secret_len(spec: KeySpec, len: usize, what: &str) -> Result<(), Dom
             }
         ))),
         None => Err(DomainError::Invalid(format!(
-            "{what} is a secret key; {spec} needs a private key"
+            "aws_param.CustomerMasterKeySpec: {what} is a secret key; {spec} needs a private key"
+        ))),
+    }
+}
+
+/// Checks a private key's type, size or curve against the spec.
+pub fn check_private_kind(spec: KeySpec, kind: PrivateKind, what: &str) -> Result<(), DomainError> {
+    match spec.private_kind() {
+        Some(k) if k == kind => Ok(()),
+        Some(_) => Err(DomainError::Invalid(format!(
+            "aws_param.CustomerMasterKeySpec: {spec} does not match {what}, a {kind} key (uploadable as {})",
+            KeySpec::for_private_kind(kind)
+        ))),
+        None => Err(DomainError::Invalid(format!(
+            "aws_param.CustomerMasterKeySpec: {what} is a {kind} private key; {spec} needs a secret key (use {})",
+            KeySpec::for_private_kind(kind)
         ))),
     }
 }

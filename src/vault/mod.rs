@@ -1,19 +1,23 @@
-//! The local vault (the `local` tier's keys): keys generated in the bridge token or imported
-//! from caller material, kept outside the token wrapped under a KEK that never leaves it.
-//! Plaintext is never read out of the token; imported material is pushed in at once and wiped.
+//! The local vault (the `local` tier's keys): AES, HMAC, RSA and EC keys generated in the
+//! bridge token or imported from caller material, kept outside the token wrapped under a KEK
+//! that never leaves it. Plaintext is never read out of the token; material a caller sends is
+//! pushed in at once and wiped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::cckm::spec::KeySpec;
 use crate::error::DomainError;
+use crate::pkcs11::keys::{self, Curve, PrivateKind, PrivateMaterial};
 use crate::pkcs11::mechanism_ext::RawMechanism;
 use crate::pkcs11::ops::{self, SecretKind, SessionObject};
+use crate::pkcs11::selftest::describe_lengths;
 use crate::pkcs11::{Token, TokenError};
 use crate::store::vault::{ListFilter, VaultKeyRow};
 use crate::store::{Store, now_rfc3339};
@@ -25,15 +29,19 @@ pub enum VaultAlgorithm {
     HmacSha256,
     HmacSha384,
     HmacSha512,
+    Rsa,
+    Ec,
 }
 
 impl VaultAlgorithm {
-    const ALL: [VaultAlgorithm; 5] = [
+    const ALL: [VaultAlgorithm; 7] = [
         VaultAlgorithm::Aes,
         VaultAlgorithm::HmacSha224,
         VaultAlgorithm::HmacSha256,
         VaultAlgorithm::HmacSha384,
         VaultAlgorithm::HmacSha512,
+        VaultAlgorithm::Rsa,
+        VaultAlgorithm::Ec,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +51,8 @@ impl VaultAlgorithm {
             VaultAlgorithm::HmacSha256 => "hmac-sha256",
             VaultAlgorithm::HmacSha384 => "hmac-sha384",
             VaultAlgorithm::HmacSha512 => "hmac-sha512",
+            VaultAlgorithm::Rsa => "rsa",
+            VaultAlgorithm::Ec => "ec",
         }
     }
 
@@ -51,10 +61,11 @@ impl VaultAlgorithm {
         Self::ALL.into_iter().find(|a| a.name() == lower)
     }
 
-    pub fn kind(self) -> SecretKind {
+    fn secret_kind(self) -> Option<SecretKind> {
         match self {
-            VaultAlgorithm::Aes => SecretKind::Aes,
-            _ => SecretKind::Hmac,
+            VaultAlgorithm::Aes => Some(SecretKind::Aes),
+            VaultAlgorithm::Rsa | VaultAlgorithm::Ec => None,
+            _ => Some(SecretKind::Hmac),
         }
     }
 
@@ -64,10 +75,12 @@ impl VaultAlgorithm {
             VaultAlgorithm::HmacSha224 => 224,
             VaultAlgorithm::HmacSha384 => 384,
             VaultAlgorithm::HmacSha512 => 512,
+            VaultAlgorithm::Rsa => 2048,
+            VaultAlgorithm::Ec => 384,
         }
     }
 
-    fn size_ok(self, bits: u32) -> Result<(), String> {
+    fn secret_size_ok(self, bits: u32) -> Result<(), String> {
         match self {
             VaultAlgorithm::Aes if [128, 192, 256].contains(&bits) => Ok(()),
             VaultAlgorithm::Aes => Err("size: AES keys are 128, 192 or 256 bits".into()),
@@ -76,14 +89,15 @@ impl VaultAlgorithm {
         }
     }
 
-    /// The AWS key spec this vault key can be uploaded as.
-    pub fn spec(self) -> KeySpec {
+    /// The AWS key spec a secret vault key of this algorithm uploads as.
+    pub fn secret_spec(self) -> Option<KeySpec> {
         match self {
-            VaultAlgorithm::Aes => KeySpec::SymmetricDefault,
-            VaultAlgorithm::HmacSha224 => KeySpec::Hmac224,
-            VaultAlgorithm::HmacSha256 => KeySpec::Hmac256,
-            VaultAlgorithm::HmacSha384 => KeySpec::Hmac384,
-            VaultAlgorithm::HmacSha512 => KeySpec::Hmac512,
+            VaultAlgorithm::Aes => Some(KeySpec::SymmetricDefault),
+            VaultAlgorithm::HmacSha224 => Some(KeySpec::Hmac224),
+            VaultAlgorithm::HmacSha256 => Some(KeySpec::Hmac256),
+            VaultAlgorithm::HmacSha384 => Some(KeySpec::Hmac384),
+            VaultAlgorithm::HmacSha512 => Some(KeySpec::Hmac512),
+            VaultAlgorithm::Rsa | VaultAlgorithm::Ec => None,
         }
     }
 
@@ -91,21 +105,57 @@ impl VaultAlgorithm {
         match self {
             // Encrypt | Decrypt
             VaultAlgorithm::Aes => 12,
+            // Sign | Verify | Encrypt | Decrypt
+            VaultAlgorithm::Rsa => 15,
+            // Sign | Verify
+            VaultAlgorithm::Ec => 3,
             // MAC Generate | MAC Verify
             _ => 384,
         }
     }
 }
 
+/// What a vault key is, as the token sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Secret { kind: SecretKind, len: usize },
+    Private(PrivateKind),
+}
+
+impl Shape {
+    /// From a stored row.
+    pub fn of(row: &VaultKeyRow) -> Option<Shape> {
+        match row.kind.as_str() {
+            "aes" => Some(Shape::Secret {
+                kind: SecretKind::Aes,
+                len: row.value_len as usize,
+            }),
+            "hmac" => Some(Shape::Secret {
+                kind: SecretKind::Hmac,
+                len: row.value_len as usize,
+            }),
+            "rsa" => PrivateKind::from_rsa_bits(row.size as usize).map(Shape::Private),
+            "ec" => row
+                .curve
+                .as_deref()
+                .and_then(Curve::from_ciphertrust)
+                .map(|c| Shape::Private(PrivateKind::from_curve(c))),
+            _ => None,
+        }
+    }
+}
+
 /// `POST /api/v1/vault/keys2`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(non_snake_case)]
 pub struct CreateKeyBody {
     pub name: Option<String>,
     pub algorithm: Option<String>,
     pub size: Option<u32>,
-    pub material: Option<String>,
+    pub curveid: Option<String>,
+    /// Caller material: hex (or base64) for AES and HMAC, PEM for RSA and EC.
+    pub material: Option<SecretString>,
     pub format: Option<String>,
     pub encoding: Option<String>,
     pub usageMask: Option<u32>,
@@ -135,11 +185,11 @@ fn check_name(name: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// Caller material, decoded into a buffer that is wiped when dropped.
-fn decode_material(text: &str, encoding: Option<&str>) -> Result<Zeroizing<Vec<u8>>, DomainError> {
-    let text = Zeroizing::new(text.trim().to_owned());
+/// Secret caller material, decoded into a buffer that is wiped when dropped.
+fn decode_secret(text: &str, encoding: Option<&str>) -> Result<Zeroizing<Vec<u8>>, DomainError> {
+    let text = text.trim();
     let bytes = match encoding.unwrap_or("hex") {
-        "hex" => hex::decode(text.as_str()).map_err(|_| {
+        "hex" => hex::decode(text).map_err(|_| {
             DomainError::Invalid("material: not valid hex (encoding is hex)".into())
         })?,
         "base64" => base64::engine::general_purpose::STANDARD
@@ -154,6 +204,23 @@ fn decode_material(text: &str, encoding: Option<&str>) -> Result<Zeroizing<Vec<u
     Ok(Zeroizing::new(bytes))
 }
 
+/// Material the token work needs, owned so it can move to the blocking pool.
+enum Source {
+    GenerateSecret(SecretKind, usize),
+    ImportSecret(SecretKind, Zeroizing<Vec<u8>>),
+    GeneratePrivate(PrivateKind),
+    ImportPrivate(PrivateKind, Box<PrivateMaterial>),
+}
+
+struct Plan {
+    algorithm: VaultAlgorithm,
+    shape: Shape,
+    bits: u32,
+    curve: Option<Curve>,
+    source: Source,
+    imported: bool,
+}
+
 impl Vault {
     pub fn new(token: Arc<Token>, store: Store) -> Self {
         Self { token, store }
@@ -163,12 +230,8 @@ impl Vault {
         &self.token
     }
 
-    pub async fn create(&self, body: CreateKeyBody) -> Result<Value, DomainError> {
-        let name = body
-            .name
-            .clone()
-            .ok_or_else(|| DomainError::Invalid("name: is required".into()))?;
-        check_name(&name)?;
+    /// Decides what to create from the body; nothing touches the token yet.
+    fn plan(&self, body: &CreateKeyBody) -> Result<Plan, DomainError> {
         let algorithm = match body.algorithm.as_deref() {
             None => VaultAlgorithm::Aes,
             Some(a) => VaultAlgorithm::parse(a).ok_or_else(|| {
@@ -178,70 +241,222 @@ impl Vault {
                 ))
             })?,
         };
-        if let Some(f) = body.format.as_deref()
-            && f != "raw"
-        {
-            return Err(DomainError::Invalid(format!(
-                "format: `{f}`; symmetric key material is raw"
-            )));
+        if body.curveid.is_some() && algorithm != VaultAlgorithm::Ec {
+            return Err(DomainError::Invalid(
+                "curveid: only for algorithm ec".into(),
+            ));
         }
-        let material = body
-            .material
-            .as_deref()
-            .map(|m| decode_material(m, body.encoding.as_deref()))
-            .transpose()?;
-        let bits = match (body.size, &material) {
-            (Some(s), Some(m)) if s as usize != m.len() * 8 => {
+        let material = body.material.as_ref().map(|m| m.expose_secret());
+        if let Some(kind) = algorithm.secret_kind() {
+            if let Some(f) = body.format.as_deref().filter(|f| *f != "raw") {
                 return Err(DomainError::Invalid(format!(
-                    "size: {s} bits given but the material is {} bits",
-                    m.len() * 8
+                    "format: `{f}`; symmetric key material is raw"
                 )));
             }
-            (Some(s), _) => s,
-            (None, Some(m)) => (m.len() * 8) as u32,
-            (None, None) => algorithm.default_bits(),
+            let decoded = material
+                .map(|m| decode_secret(m, body.encoding.as_deref()))
+                .transpose()?;
+            let bits = match (body.size, &decoded) {
+                (Some(s), Some(m)) if s as usize != m.len() * 8 => {
+                    return Err(DomainError::Invalid(format!(
+                        "size: {s} bits given but the material is {} bits",
+                        m.len() * 8
+                    )));
+                }
+                (Some(s), _) => s,
+                (None, Some(m)) => (m.len() * 8) as u32,
+                (None, None) => algorithm.default_bits(),
+            };
+            algorithm
+                .secret_size_ok(bits)
+                .map_err(DomainError::Invalid)?;
+            let len = (bits / 8) as usize;
+            return Ok(Plan {
+                algorithm,
+                shape: Shape::Secret { kind, len },
+                bits,
+                curve: None,
+                imported: decoded.is_some(),
+                source: match decoded {
+                    Some(m) => Source::ImportSecret(kind, m),
+                    None => Source::GenerateSecret(kind, len),
+                },
+            });
+        }
+        if let Some(f) = body.format.as_deref()
+            && !["pkcs8", "pkcs1", "sec1", "pem"].contains(&f)
+        {
+            return Err(DomainError::Invalid(format!(
+                "format: `{f}`; private keys are imported as PEM (pkcs8, pkcs1 or sec1)"
+            )));
+        }
+        let wanted: Option<PrivateKind> = match algorithm {
+            VaultAlgorithm::Rsa => match body.size {
+                Some(s) => Some(PrivateKind::from_rsa_bits(s as usize).ok_or_else(|| {
+                    DomainError::Invalid("size: RSA keys are 2048, 3072 or 4096 bits".into())
+                })?),
+                None => None,
+            },
+            _ => match body.curveid.as_deref() {
+                Some(c) => Some(PrivateKind::from_curve(Curve::from_ciphertrust(c).ok_or_else(
+                    || {
+                        DomainError::Invalid(format!(
+                            "curveid: `{c}` is not one of prime256v1, secp384r1, secp521r1, secp256k1"
+                        ))
+                    },
+                )?)),
+                None => None,
+            },
         };
-        algorithm.size_ok(bits).map_err(DomainError::Invalid)?;
-        let len = (bits / 8) as usize;
-        let caps = self
-            .token
+        let (kind, source) = match material {
+            Some(pem) => {
+                let m = PrivateMaterial::from_pem(pem)
+                    .map_err(|e| DomainError::Invalid(format!("material: {e}")))?;
+                let kind = m
+                    .kind()
+                    .map_err(|e| DomainError::Invalid(format!("material: {e}")))?;
+                let family_ok = (algorithm == VaultAlgorithm::Rsa) == kind.rsa_bits().is_some();
+                if !family_ok || wanted.is_some_and(|w| w != kind) {
+                    return Err(DomainError::Invalid(format!(
+                        "material: a {kind} key does not match algorithm {}{}",
+                        algorithm.name(),
+                        wanted.map(|w| format!(" ({w})")).unwrap_or_default()
+                    )));
+                }
+                (kind, Source::ImportPrivate(kind, Box::new(m)))
+            }
+            None => {
+                let kind = wanted.unwrap_or(match algorithm {
+                    VaultAlgorithm::Rsa => PrivateKind::Rsa2048,
+                    _ => PrivateKind::EcP384,
+                });
+                (kind, Source::GeneratePrivate(kind))
+            }
+        };
+        Ok(Plan {
+            algorithm,
+            shape: Shape::Private(kind),
+            bits: kind
+                .rsa_bits()
+                .or(kind.curve().map(|c| {
+                    if c == Curve::P521 {
+                        521
+                    } else {
+                        (c.scalar_len() * 8) as u32
+                    }
+                }))
+                .unwrap_or_default(),
+            curve: kind.curve(),
+            imported: matches!(source, Source::ImportPrivate(..)),
+            source,
+        })
+    }
+
+    /// Refuses what this token cannot keep exactly, naming the token and the reason.
+    fn check_storable(&self, plan: &Plan) -> Result<RawMechanism, DomainError> {
+        let t = &self.token;
+        let caps = t
             .capabilities()
             .ok_or_else(|| DomainError::Internal("bridge token has no self-test result".into()))?;
         let storage = caps.storage.clone().ok_or_else(|| {
             DomainError::Unprocessable(format!(
                 "token {} cannot keep vault keys: no RFC 5649 wrap was proven",
-                self.token.name
+                t.name
             ))
         })?;
-        if !storage.exact_lengths.contains(&len) {
-            return Err(DomainError::Unprocessable(format!(
-                "token {} cannot keep a {len}-byte {} key exactly under its KEK: its {} wraps {} \
-                 (self-test); choose a size whose byte length it handles (for example {} bits)",
-                self.token.name,
-                algorithm.name(),
-                storage.mechanism.name(),
-                crate::pkcs11::selftest::describe_lengths(&storage.exact_lengths),
-                suggest_bits(&storage.exact_lengths, len)
-            )));
+        match plan.shape {
+            Shape::Secret { kind, len } => {
+                let lengths = match kind {
+                    SecretKind::Aes => &storage.aes_lengths,
+                    SecretKind::Hmac => &storage.exact_lengths,
+                };
+                if !lengths.contains(&len) {
+                    return Err(DomainError::Unprocessable(format!(
+                        "token {} cannot keep a {len}-byte {} key exactly under its KEK: its {} wraps {} \
+                         (self-test); choose a size whose byte length it handles (for example {} bits)",
+                        t.name,
+                        plan.algorithm.name(),
+                        storage.mechanism.name(),
+                        describe_lengths(lengths),
+                        suggest_bits(lengths, len)
+                    )));
+                }
+            }
+            Shape::Private(kind) => {
+                if !caps.private_storage.contains(&kind) {
+                    let why = caps.private_wrap(kind).err().unwrap_or_else(|| {
+                        format!(
+                            "its {} does not keep them exactly",
+                            storage.mechanism.name()
+                        )
+                    });
+                    return Err(DomainError::Unprocessable(format!(
+                        "token {} cannot keep {kind} keys exactly under its KEK, so the vault refuses them (self-test: {why})",
+                        t.name
+                    )));
+                }
+                if matches!(plan.source, Source::GeneratePrivate(PrivateKind::EcP521))
+                    && t.profile.quirks.p521_keygen_short_scalar
+                {
+                    return Err(DomainError::Unprocessable(format!(
+                        "token {} ({}) generates P-521 keys whose scalar is often one byte short, which AWS \
+                         and many parsers reject; import a P-521 key instead",
+                        t.name, t.profile.family
+                    )));
+                }
+            }
         }
+        Ok(storage.mechanism)
+    }
+
+    pub async fn create(&self, body: CreateKeyBody) -> Result<Value, DomainError> {
+        let name = body
+            .name
+            .clone()
+            .ok_or_else(|| DomainError::Invalid("name: is required".into()))?;
+        check_name(&name)?;
+        let plan = self.plan(&body)?;
+        let mech = self.check_storable(&plan)?;
         if self.exists(&name).await? {
             return Err(DomainError::Conflict(format!(
                 "a vault key named `{name}` already exists"
             )));
         }
-        let kind = algorithm.kind();
-        let mech = storage.mechanism;
         let kek_label = self.token.kek_label.clone();
-        let (wrapped, kek_id) = self
+        let Plan {
+            algorithm,
+            shape,
+            bits,
+            curve,
+            source,
+            imported,
+        } = plan;
+        let (wrapped, kek_id, public_key) = self
             .token
             .run(move |s| {
-                let (kek, kek_id) = ops::ensure_kek(s, &kek_label)?;
-                let obj: SessionObject<'_> = match &material {
-                    Some(m) => ops::create_secret(s, kind, m)?,
-                    None => ops::generate_secret(s, kind, len)?,
+                // The KEK is made at start; one missing now is an error, never replaced.
+                let (kek, kek_id) = ops::find_kek(s, &kek_label)?.ok_or_else(|| {
+                    TokenError::Refused(format!(
+                        "the bridge token has no key-encryption key labelled \"{kek_label}\""
+                    ))
+                })?;
+                let (obj, public): (SessionObject<'_>, Option<Vec<u8>>) = match &source {
+                    Source::GenerateSecret(kind, len) => {
+                        (ops::generate_secret(s, *kind, *len)?, None)
+                    }
+                    Source::ImportSecret(kind, m) => (ops::create_secret(s, *kind, m)?, None),
+                    Source::GeneratePrivate(kind) => {
+                        let (public, private) = ops::generate_key_pair(s, *kind)?;
+                        let spki = ops::public_key_spki(s, public.handle(), *kind)?;
+                        (private, Some(spki))
+                    }
+                    Source::ImportPrivate(kind, m) => {
+                        let spki = m.public_spki_der().map_err(TokenError::Refused)?;
+                        (ops::create_private_key(s, m, *kind)?, Some(spki))
+                    }
                 };
                 let wrapped = ops::kwp_wrap(s, mech, kek, obj.handle())?;
-                Ok((wrapped, kek_id))
+                Ok((wrapped, kek_id, public))
             })
             .await
             .map_err(DomainError::token(&self.token.name))?;
@@ -252,30 +467,33 @@ impl Vault {
             "unexportable": body.unexportable.unwrap_or(false),
             "undeletable": body.undeletable.unwrap_or(false),
         });
+        let (kind, value_len) = match shape {
+            Shape::Secret {
+                kind: SecretKind::Aes,
+                len,
+            } => ("aes", len),
+            Shape::Secret { len, .. } => ("hmac", len),
+            Shape::Private(k) if k.rsa_bits().is_some() => ("rsa", 0),
+            Shape::Private(_) => ("ec", 0),
+        };
         let row = VaultKeyRow {
             id: hex::encode(rand::random::<[u8; 32]>()),
             name: name.clone(),
             algorithm: algorithm.name().to_owned(),
             size: bits,
-            kind: match kind {
-                SecretKind::Aes => "aes".into(),
-                SecretKind::Hmac => "hmac".into(),
-            },
-            value_len: len as u32,
+            kind: kind.to_owned(),
+            value_len: value_len as u32,
             usage_mask: body
                 .usageMask
                 .unwrap_or_else(|| algorithm.default_usage_mask()),
-            origin: if body.material.is_some() {
-                "imported".into()
-            } else {
-                "generated".into()
-            },
+            origin: if imported { "imported" } else { "generated" }.to_owned(),
             wrapped,
             wrap_mechanism: mech.code(),
             kek_label: self.token.kek_label.clone(),
             kek_id,
             token_serial: self.token.ident().serial,
-            public_key: None,
+            public_key: public_key.map(|d| keys::spki_pem(&d)),
+            curve: curve.map(|c| c.ciphertrust_name().to_owned()),
             extra: extra.to_string(),
             created_at: now.clone(),
             updated_at: now,
@@ -333,7 +551,7 @@ impl Vault {
     }
 }
 
-fn suggest_bits(exact: &std::collections::BTreeSet<usize>, len: usize) -> usize {
+fn suggest_bits(exact: &BTreeSet<usize>, len: usize) -> usize {
     exact
         .range(len..)
         .next()
@@ -345,8 +563,8 @@ fn suggest_bits(exact: &std::collections::BTreeSet<usize>, len: usize) -> usize 
 /// A vault key in CipherTrust Manager's shape. Never carries material.
 pub fn render(r: &VaultKeyRow) -> Value {
     let extra: Value = serde_json::from_str(&r.extra).unwrap_or_else(|_| json!({}));
-    let object_type = "Symmetric Key";
-    json!({
+    let private = matches!(r.kind.as_str(), "rsa" | "ec");
+    let mut v = json!({
         "id": r.id,
         "uri": format!("kylo:kylo:vault:keys:{}-v0", r.name.to_lowercase()),
         "account": "kylo:kylo:admin:accounts:kylo",
@@ -366,7 +584,7 @@ pub fn render(r: &VaultKeyRow) -> Value {
         "neverExported": true,
         "neverExportable": false,
         "emptyMaterial": false,
-        "objectType": object_type,
+        "objectType": if private { "Private Key" } else { "Symmetric Key" },
         "state": "Active",
         "activationDate": r.created_at,
         "aliases": [],
@@ -377,7 +595,14 @@ pub fn render(r: &VaultKeyRow) -> Value {
             "kek_label": r.kek_label,
             "mechanism": RawMechanism::new(r.wrap_mechanism).name(),
         },
-    })
+    });
+    if let Some(c) = &r.curve {
+        v["curveid"] = json!(c);
+    }
+    if let Some(p) = &r.public_key {
+        v["publickey"] = json!(p);
+    }
+    v
 }
 
 /// Unwraps a vault key into `session` (the bridge token) as a session object, after checking
@@ -398,18 +623,16 @@ pub fn unwrap_into<'s>(
             row.id, row.kek_label
         )));
     }
-    let kind = if row.kind == "aes" {
-        SecretKind::Aes
-    } else {
-        SecretKind::Hmac
+    let mech = RawMechanism::new(row.wrap_mechanism);
+    let shape = Shape::of(row)
+        .ok_or_else(|| TokenError::Refused(format!("vault key {} has an unknown kind", row.id)))?;
+    let kind = match shape {
+        Shape::Private(kind) => {
+            return ops::kwp_unwrap_private(session, mech, kek, &row.wrapped, kind);
+        }
+        Shape::Secret { kind, .. } => kind,
     };
-    let obj = ops::kwp_unwrap_secret(
-        session,
-        RawMechanism::new(row.wrap_mechanism),
-        kek,
-        &row.wrapped,
-        kind,
-    )?;
+    let obj = ops::kwp_unwrap_secret(session, mech, kek, &row.wrapped, kind)?;
     let len = session
         .get_attributes(obj.handle(), &[cryptoki::object::AttributeType::ValueLen])
         .map_err(TokenError::ck("C_GetAttributeValue"))?

@@ -146,12 +146,17 @@ fn a_bad_config_exits_non_zero_with_one_line_naming_the_key() {
         &[],
     );
     assert_eq!(code, 0, "{out}");
-    let (code, _, err) = run(
+    let (code, out, _) = run(
         &["probe", "--config", path.to_str().expect("path")],
         &[("HSM_BRIDGE__TOKENS__0__PIN_FILE", "/nonexistent/pin")],
     );
     assert_ne!(code, 0);
-    assert!(err.contains("/nonexistent/pin"), "{err}");
+    assert!(
+        out.contains("NOT USABLE")
+            && out.contains("tokens[0].pin_file")
+            && out.contains("/nonexistent/pin"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -201,12 +206,18 @@ fn probe_prints_each_token_and_the_methods_it_proved() {
         serde_json::json!(["RSAES_OAEP_SHA_1"])
     );
 
-    // A wrong PIN stops it with a clear line.
+    // A wrong PIN: probe says so for that token, and a daemon does not start.
     std::fs::write(dir.path().join("pin"), "wrong-pin").expect("pin");
-    let (code, _, err) = run(&["probe", "--config", path.to_str().expect("path")], &[]);
+    let (code, out, _) = run(&["probe", "--config", path.to_str().expect("path")], &[]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("C_Login") && err.contains("PinIncorrect"),
+        out.contains("C_Login") && out.contains("PinIncorrect"),
+        "{out}"
+    );
+    let (code, _, err) = run(&["serve", "--config", path.to_str().expect("path")], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("PinIncorrect") && err.contains("tokens[0].pin_file"),
         "{err}"
     );
 }

@@ -29,13 +29,57 @@ pub const SO_PIN: &str = "5678-so-pin";
 pub const REGION: &str = "us-east-1";
 pub const OTHER_REGION: &str = "eu-west-1";
 
-/// What the whole test process shares: one SoftHSM2 configuration (each test gets its own
-/// tokens in it), one KMS emulator (each test gets its own AWS account in it).
+/// The two token families the suites run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    SoftHsm,
+    Kryoptic,
+}
+
+impl Family {
+    pub fn profile(self) -> &'static str {
+        match self {
+            Family::SoftHsm => "softhsm2",
+            Family::Kryoptic => "kryoptic",
+        }
+    }
+
+    pub fn module(self) -> PathBuf {
+        match self {
+            Family::SoftHsm => PathBuf::from(SOFTHSM_MODULE),
+            Family::Kryoptic => kryoptic_module(),
+        }
+    }
+}
+
+pub fn kryoptic_module() -> PathBuf {
+    std::env::var_os("HSM_BRIDGE_KRYOPTIC_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(format!(
+                "{REPO}/.work/kryoptic-target/release/libkryoptic_pkcs11.so"
+            ))
+        })
+}
+
+/// One loaded PKCS#11 module of the test process.
+pub struct Lib {
+    pub family: Family,
+    pub pkcs11: Pkcs11,
+    init_lock: Mutex<()>,
+}
+
+/// Slots declared for kryoptic: each test token takes a free one.
+const KRYOPTIC_SLOTS: u64 = 96;
+
+/// What the whole test process shares: one SoftHSM2 and one kryoptic configuration (each
+/// test gets its own tokens in them), one KMS emulator (each test gets its own AWS account).
 pub struct World {
     pub dir: tempfile::TempDir,
     pub softhsm_conf: PathBuf,
-    pub pkcs11: Pkcs11,
-    init_lock: Mutex<()>,
+    pub kryoptic_conf: PathBuf,
+    pub softhsm: Lib,
+    pub kryoptic: Lib,
     pub kms_endpoint: String,
     emulator: Mutex<(Child, ChildStdin)>,
     counter: AtomicU64,
@@ -58,8 +102,7 @@ fn remove_stale_runs() {
         };
         let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
         // SAFETY: kill(pid, 0) only asks whether the process exists.
-        if let Some(pid) = pid.filter(|p| unsafe { libc::kill(*p, 0) } != 0) {
-            let _ = pid;
+        if pid.is_some_and(|p| unsafe { libc::kill(p, 0) } != 0) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -87,70 +130,141 @@ pub fn world() -> &'static World {
     }
 }
 
-fn build_world() -> World {
-    {
-        assert!(
-            Path::new(SOFTHSM_MODULE).exists(),
-            "SoftHSM2 is not installed ({SOFTHSM_MODULE} missing): run softhsm-test/install-deps.sh"
-        );
-        remove_stale_runs();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("hsm-bridge-e2e-{}-", std::process::id()))
-            .tempdir()
-            .expect("tempdir");
-        let tokens = dir.path().join("softhsm-tokens");
-        std::fs::create_dir_all(&tokens).expect("token dir");
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-                tokens.display()
-            ),
-        )
-        .expect("softhsm2.conf");
-        // SAFETY: set once, inside this OnceLock initialiser, before the module is loaded;
-        // the other test threads wait on the same OnceLock and read nothing meanwhile.
-        unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
-        let pkcs11 = Pkcs11::new(SOFTHSM_MODULE).expect("load SoftHSM2");
-        pkcs11
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .expect("C_Initialize");
+fn load(family: Family) -> Lib {
+    let pkcs11 = Pkcs11::new(family.module())
+        .unwrap_or_else(|e| panic!("load {}: {e}", family.module().display()));
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("C_Initialize");
+    Lib {
+        family,
+        pkcs11,
+        init_lock: Mutex::new(()),
+    }
+}
 
-        let port = free_port();
-        let emu_dir = dir.path().join("kms-emulator");
-        std::fs::create_dir_all(&emu_dir).expect("emulator dir");
-        let mut child = Command::new("bash")
-            .arg(format!("{REPO}/softhsm-test/kms-emulator.sh"))
-            .arg("run")
-            .arg(port.to_string())
-            .arg(&emu_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the KMS emulator script");
-        let stdin = child.stdin.take().expect("emulator stdin");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("emulator stdout"))
-            .read_line(&mut line)
-            .expect("emulator output");
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "the KMS emulator did not start (is it installed? run softhsm-test/install-deps.sh); see {}",
-            emu_dir.join("emulator.log").display()
-        );
-        World {
-            dir,
-            softhsm_conf: conf,
-            pkcs11,
-            init_lock: Mutex::new(()),
-            kms_endpoint: format!("http://127.0.0.1:{port}"),
-            emulator: Mutex::new((child, stdin)),
-            counter: AtomicU64::new(0),
-            secrets: Mutex::new(Vec::new()),
-        }
+fn build_world() -> World {
+    assert!(
+        Path::new(SOFTHSM_MODULE).exists(),
+        "SoftHSM2 is not installed ({SOFTHSM_MODULE} missing): run softhsm-test/install-deps.sh"
+    );
+    assert!(
+        kryoptic_module().exists(),
+        "kryoptic is not built ({} missing): run softhsm-test/build-kryoptic.sh",
+        kryoptic_module().display()
+    );
+    remove_stale_runs();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("hsm-bridge-e2e-{}-", std::process::id()))
+        .tempdir()
+        .expect("tempdir");
+    let tokens = dir.path().join("softhsm-tokens");
+    std::fs::create_dir_all(&tokens).expect("token dir");
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            tokens.display()
+        ),
+    )
+    .expect("softhsm2.conf");
+    let kdir = dir.path().join("kryoptic");
+    std::fs::create_dir_all(&kdir).expect("kryoptic dir");
+    let kconf = dir.path().join("kryoptic.conf");
+    let slots: String = (1..=KRYOPTIC_SLOTS)
+        .map(|n| {
+            format!(
+                "[[slots]]\nslot = {n}\ndbtype = \"sqlite\"\ndbargs = \"{}/slot-{n}.sql\"\n\n",
+                kdir.display()
+            )
+        })
+        .collect();
+    std::fs::write(&kconf, slots).expect("kryoptic.conf");
+    // SAFETY: set once, inside this OnceLock initialiser, before the modules are loaded;
+    // the other test threads wait on the same OnceLock and read nothing meanwhile.
+    unsafe {
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        std::env::set_var("KRYOPTIC_CONF", &kconf);
+    }
+    let softhsm = load(Family::SoftHsm);
+    let kryoptic = load(Family::Kryoptic);
+
+    let port = free_port();
+    let emu_dir = dir.path().join("kms-emulator");
+    std::fs::create_dir_all(&emu_dir).expect("emulator dir");
+    let mut child = Command::new("bash")
+        .arg(format!("{REPO}/softhsm-test/kms-emulator.sh"))
+        .arg("run")
+        .arg(port.to_string())
+        .arg(&emu_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the KMS emulator script");
+    let stdin = child.stdin.take().expect("emulator stdin");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("emulator stdout"))
+        .read_line(&mut line)
+        .expect("emulator output");
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the KMS emulator did not start (is it installed? run softhsm-test/install-deps.sh); see {}",
+        emu_dir.join("emulator.log").display()
+    );
+    World {
+        dir,
+        softhsm_conf: conf,
+        kryoptic_conf: kconf,
+        softhsm,
+        kryoptic,
+        kms_endpoint: format!("http://127.0.0.1:{port}"),
+        emulator: Mutex::new((child, stdin)),
+        counter: AtomicU64::new(0),
+        secrets: Mutex::new(Vec::new()),
+    }
+}
+
+impl Lib {
+    /// Initialises a new token on a free slot and sets its user PIN.
+    fn init_token(&self, label: &str) {
+        let _g = self.init_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let free = self
+            .pkcs11
+            .get_slots_with_token()
+            .expect("slots")
+            .into_iter()
+            .find(|s| {
+                self.pkcs11
+                    .get_token_info(*s)
+                    .map(|i| !i.token_initialized())
+                    .unwrap_or(false)
+            })
+            .unwrap_or_else(|| panic!("a free {:?} slot", self.family));
+        self.pkcs11
+            .init_token(free, &AuthPin::from(SO_PIN.to_owned()), label)
+            .expect("C_InitToken");
+        let s = self.pkcs11.open_rw_session(free).expect("session");
+        s.login(UserType::So, Some(&AuthPin::from(SO_PIN.to_owned())))
+            .expect("SO login");
+        s.init_pin(&AuthPin::from(USER_PIN.to_owned()))
+            .expect("C_InitPIN");
+        s.logout().expect("logout");
+    }
+
+    fn slot(&self, label: &str) -> Option<Slot> {
+        self.pkcs11
+            .get_slots_with_token()
+            .expect("slots")
+            .into_iter()
+            .find(|s| {
+                self.pkcs11
+                    .get_token_info(*s)
+                    .map(|i| i.token_initialized() && i.label() == label)
+                    .unwrap_or(false)
+            })
     }
 }
 
@@ -165,52 +279,20 @@ impl World {
         format!("{:06}{:06}", std::process::id() % 1_000_000, 100_000 + n)
     }
 
-    /// Initialises a new token on the free slot and sets its user PIN.
-    pub fn init_token(&self, label: &str) {
-        let _g = self.init_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let free = self
-            .pkcs11
-            .get_slots_with_token()
-            .expect("slots")
-            .into_iter()
-            .find(|s| {
-                self.pkcs11
-                    .get_token_info(*s)
-                    .map(|i| !i.token_initialized())
-                    .unwrap_or(false)
-            })
-            .expect("a free SoftHSM2 slot");
-        self.pkcs11
-            .init_token(free, &AuthPin::from(SO_PIN.to_owned()), label)
-            .expect("C_InitToken");
-        let s = self.pkcs11.open_rw_session(free).expect("session");
-        s.login(UserType::So, Some(&AuthPin::from(SO_PIN.to_owned())))
-            .expect("SO login");
-        s.init_pin(&AuthPin::from(USER_PIN.to_owned()))
-            .expect("C_InitPIN");
-        s.logout().expect("logout");
+    pub fn lib(&self, family: Family) -> &Lib {
+        match family {
+            Family::SoftHsm => &self.softhsm,
+            Family::Kryoptic => &self.kryoptic,
+        }
     }
 
-    pub fn slot(&self, label: &str) -> Slot {
-        self.pkcs11
-            .get_slots_with_token()
-            .expect("slots")
-            .into_iter()
-            .find(|s| {
-                self.pkcs11
-                    .get_token_info(*s)
-                    .map(|i| i.label() == label)
-                    .unwrap_or(false)
-            })
-            .unwrap_or_else(|| panic!("token {label} not found"))
-    }
-
-    /// A logged-in session on a token of this process.
+    /// A logged-in session on a token of this process (labels are unique across families).
     pub fn session(&self, label: &str) -> Session {
-        let s = self
-            .pkcs11
-            .open_rw_session(self.slot(label))
-            .expect("session");
+        let (lib, slot) = [&self.softhsm, &self.kryoptic]
+            .into_iter()
+            .find_map(|l| l.slot(label).map(|s| (l, s)))
+            .unwrap_or_else(|| panic!("token {label} not found"));
+        let s = lib.pkcs11.open_rw_session(slot).expect("session");
         match s.login(UserType::User, Some(&AuthPin::from(USER_PIN.to_owned()))) {
             Ok(()) => {}
             Err(cryptoki::error::Error::Pkcs11(
@@ -223,22 +305,28 @@ impl World {
     }
 }
 
-/// A bridge token and a source token of one test.
+/// A bridge token and a source token of one test, of one family.
 pub struct Tokens {
     pub bridge: String,
     pub source: String,
+    pub family: Family,
 }
 
 impl Tokens {
     pub fn new() -> Self {
+        Self::on(Family::SoftHsm)
+    }
+
+    pub fn on(family: Family) -> Self {
         let w = world();
         let n = w.next();
         let t = Tokens {
             bridge: format!("bridge-{n}"),
             source: format!("source-{n}"),
+            family,
         };
-        w.init_token(&t.bridge);
-        w.init_token(&t.source);
+        w.lib(family).init_token(&t.bridge);
+        w.lib(family).init_token(&t.source);
         t
     }
 }
@@ -370,7 +458,7 @@ pub fn vault_key_value(bridge: &Bridge, tokens: &Tokens, key_id: &str) -> Vec<u8
         .expect("vault row");
     let s = world().session(&tokens.bridge);
     let kek = find_one(&s, "hsm-bridge-vault-kek");
-    assert_eq!(mech, 0x210A, "SoftHSM2 stores with CKM_AES_KEY_WRAP_PAD");
+    let mech = hsm_bridge::pkcs11::mechanism_ext::RawMechanism::new(mech as u64);
     let t = [
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(if kind == "aes" {
@@ -383,7 +471,7 @@ pub fn vault_key_value(bridge: &Bridge, tokens: &Tokens, key_id: &str) -> Vec<u8
         Attribute::Extractable(true),
     ];
     let h = s
-        .unwrap_key(&Mechanism::AesKeyWrapPad, kek, &blob, &t)
+        .unwrap_key(&mech.without_params(), kek, &blob, &t)
         .expect("C_UnwrapKey");
     let v = s
         .get_attributes(h, &[AttributeType::Value])
@@ -476,14 +564,16 @@ impl Bridge {
                 r#"
 [[tokens]]
 name = "luna"
-module = "{SOFTHSM_MODULE}"
+module = "{module}"
 token_label = "{src}"
 pin_file = "{d}/pin"
-profile = "softhsm2"
+profile = "{profile}"
 role = "source"
 "#,
                 src = tokens.source,
-                d = d.display()
+                d = d.display(),
+                module = tokens.family.module().display(),
+                profile = tokens.family.profile(),
             )
         } else {
             String::new()
@@ -511,10 +601,10 @@ interval_secs = {cleanup}
 
 [[tokens]]
 name = "bridge"
-module = "{SOFTHSM_MODULE}"
+module = "{module}"
 token_label = "{bridge}"
 pin_file = "{d}/pin"
-profile = "softhsm2"
+profile = "{profile}"
 role = "bridge"
 {source}
 [[kms]]
@@ -526,7 +616,7 @@ endpoint_url = "{endpoint}"
 wrapping_key_spec = "{wks}"
 max_attempts = 1
 operation_timeout_secs = 10
-{profile}
+{aws_profile}
 {extra}
 "#,
             d = d.display(),
@@ -536,8 +626,10 @@ operation_timeout_secs = 10
                 .unwrap_or_else(|| "listen = \"127.0.0.1:0\"\nplaintext = true".to_owned()),
             cleanup = opts.cleanup_interval_secs,
             bridge = tokens.bridge,
+            module = tokens.family.module().display(),
+            profile = tokens.family.profile(),
             wks = opts.wrapping_key_spec,
-            profile = if opts.aws_profile {
+            aws_profile = if opts.aws_profile {
                 "profile = \"bridge\""
             } else {
                 ""
@@ -596,6 +688,7 @@ operation_timeout_secs = 10
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
             .env("SOFTHSM2_CONF", &world().softhsm_conf)
+            .env("KRYOPTIC_CONF", &world().kryoptic_conf)
             .env("AWS_EC2_METADATA_DISABLED", "true");
         if self.env_credentials {
             cmd.env("AWS_ACCESS_KEY_ID", &self.account)

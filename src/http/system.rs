@@ -1,0 +1,41 @@
+//! `GET /api/v1/system/tokens`: each token, what its self-test proved, and how many objects
+//! this daemon sees in it (session objects of a finished operation must be zero).
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::config::TokenRole;
+use crate::error::DomainError;
+use crate::pkcs11::ops;
+
+pub async fn tokens(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let mut resources = Vec::new();
+    for t in state.tokens.all() {
+        let (on_token, in_sessions) = t
+            .run(ops::count_objects)
+            .await
+            .map_err(DomainError::token(&t.name))?;
+        let ident = t.ident();
+        let caps = t.capabilities();
+        resources.push(json!({
+            "name": t.name,
+            "role": match t.role { TokenRole::Bridge => "bridge", TokenRole::Source => "source" },
+            "profile": t.profile.family,
+            "label": ident.label,
+            "serial": ident.serial,
+            "model": ident.model,
+            "proven": caps.map(|c| c.summary()),
+            "objects": {"token": on_token, "session": in_sessions},
+        }));
+    }
+    Ok(Json(
+        json!({"total": resources.len(), "resources": resources}),
+    ))
+}
