@@ -313,14 +313,14 @@ impl PrivateMaterial {
         }
     }
 
-    /// Attributes of a token private key object holding this key (the caller adds class,
-    /// token, sensitivity and usage attributes).
+    /// The key's own attributes for a token private key object (the caller adds class, key
+    /// type, token, sensitivity and usage attributes; a repeated attribute is an error on
+    /// some tokens).
     pub fn components(&self) -> Vec<Attribute> {
         match self {
             PrivateMaterial::Rsa(k) => {
                 let primes = k.primes();
                 let mut v = vec![
-                    Attribute::KeyType(KeyType::RSA),
                     Attribute::Modulus(k.n().to_bytes_be()),
                     Attribute::PublicExponent(k.e().to_bytes_be()),
                     Attribute::PrivateExponent(k.d().to_bytes_be()),
@@ -338,7 +338,6 @@ impl PrivateMaterial {
                 v
             }
             PrivateMaterial::Ec { curve, scalar } => vec![
-                Attribute::KeyType(KeyType::EC),
                 Attribute::EcParams(curve.ec_params().to_vec()),
                 Attribute::Value(scalar.to_vec()),
             ],
@@ -435,7 +434,8 @@ pub fn spki_pem(der: &[u8]) -> String {
 }
 
 /// Template attributes for a private key object the bridge creates or unwraps: never a token
-/// object, sensitive, extractable only by wrapping.
+/// object, sensitive, extractable only by wrapping. (CKA_UNWRAP and CKA_DERIVE are left out:
+/// kryoptic refuses them on RSA and EC keys with CKR_TEMPLATE_INCONSISTENT.)
 pub fn private_template(kind: PrivateKind) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -446,8 +446,6 @@ pub fn private_template(kind: PrivateKind) -> Vec<Attribute> {
         Attribute::Extractable(true),
         Attribute::Sign(true),
         Attribute::Decrypt(kind.curve().is_none()),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
     ]
 }
 

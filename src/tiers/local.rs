@@ -50,6 +50,11 @@ impl Tier for LocalTier {
                 Some(kind)
             }
             Shape::Secret { len, .. } => {
+                if spec.private_kind().is_some() {
+                    return Err(DomainError::Invalid(format!(
+                        "aws_param.CustomerMasterKeySpec: {what} is a secret key; {spec} needs a private key"
+                    )));
+                }
                 let algorithm = VaultAlgorithm::parse(&row.algorithm).ok_or_else(|| {
                     DomainError::Internal(format!("vault key {} has unknown algorithm", row.id))
                 })?;

@@ -18,6 +18,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use hsm_bridge::pkcs11::keys::{Curve, PrivateKind, PrivateMaterial};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -1126,4 +1127,229 @@ pub fn assert_no_leak(bridge: &Bridge) {
 pub fn write_file(path: &Path, text: &str) {
     let mut f = std::fs::File::create(path).expect("create");
     f.write_all(text.as_bytes()).expect("write");
+}
+
+/// A fresh private key made by OpenSSL, as PKCS#8 DER; its secret parts are remembered for
+/// the leak checks.
+pub fn openssl_key(kind: PrivateKind) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("dir");
+    let raw = dir.path().join("k.der");
+    let p8 = dir.path().join("k8.der");
+    let mut keygen = Command::new("openssl");
+    keygen.arg("genpkey");
+    match (kind.rsa_bits(), kind.curve()) {
+        (Some(bits), _) => {
+            keygen.args([
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                &format!("rsa_keygen_bits:{bits}"),
+            ]);
+        }
+        (None, Some(c)) => {
+            let name = match c {
+                Curve::P256 => "P-256",
+                Curve::P384 => "P-384",
+                Curve::P521 => "P-521",
+                Curve::Secp256k1 => "secp256k1",
+            };
+            keygen.args([
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                &format!("ec_paramgen_curve:{name}"),
+            ]);
+        }
+        _ => unreachable!("every kind is RSA or EC"),
+    }
+    let out = keygen
+        .args(["-outform", "DER", "-out"])
+        .arg(&raw)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("openssl")
+        .args([
+            "pkcs8", "-topk8", "-nocrypt", "-inform", "DER", "-outform", "DER", "-in",
+        ])
+        .arg(&raw)
+        .arg("-out")
+        .arg(&p8)
+        .output()
+        .expect("openssl pkcs8");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let der = std::fs::read(&p8).expect("key");
+    remember(&der);
+    match PrivateMaterial::from_pkcs8_der(&der).expect("openssl key parses") {
+        PrivateMaterial::Rsa(k) => {
+            use rsa::traits::PrivateKeyParts;
+            remember(&k.d().to_bytes_be());
+        }
+        PrivateMaterial::Ec { scalar, .. } => remember(&scalar),
+    }
+    der
+}
+
+pub fn material(der: &[u8]) -> PrivateMaterial {
+    PrivateMaterial::from_pkcs8_der(der).expect("PKCS#8")
+}
+
+pub fn pkcs8_pem(der: &[u8]) -> String {
+    pkcs8::der::pem::encode_string("PRIVATE KEY", pkcs8::LineEnding::LF, der).expect("pem")
+}
+
+/// A private key with known value in a token (as an HSM administrator would import one).
+pub fn put_private(token: &str, label: &str, der: &[u8], extractable: bool) -> Vec<u8> {
+    let m = material(der);
+    let kind = m.kind().expect("kind");
+    let s = world().session(token);
+    let id: [u8; 8] = rand::random();
+    let mut t = vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(kind.key_type()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(extractable),
+        Attribute::Sign(true),
+        Attribute::Decrypt(kind.rsa_bits().is_some()),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    t.extend(m.components());
+    s.create_object(&t)
+        .unwrap_or_else(|e| panic!("C_CreateObject ({kind}): {e}"));
+    id.to_vec()
+}
+
+/// The key in KMS is the source key: same public key, and a KMS signature verifies with it
+/// (for an RSA encryption key: KMS decrypts what the source key's public half encrypted;
+/// LocalStack's Encrypt is symmetric whatever the key, so the other direction proves nothing).
+pub async fn prove_private(kms: &KmsClient, key_id: &str, usage: &str, source: &PrivateMaterial) {
+    use aws_sdk_kms::primitives::Blob;
+    let spki = source.public_spki_der().expect("spki");
+    let theirs = kms
+        .get_public_key()
+        .key_id(key_id)
+        .send()
+        .await
+        .expect("KMS GetPublicKey");
+    assert_eq!(
+        theirs.public_key().expect("public key").as_ref(),
+        spki.as_slice(),
+        "KMS holds the source key's public key"
+    );
+    if usage == "ENCRYPT_DECRYPT" {
+        use rsa::pkcs8::DecodePublicKey;
+        let msg = random_bytes(57);
+        let public = rsa::RsaPublicKey::from_public_key_der(&spki).expect("rsa spki");
+        let ct = public
+            .encrypt(
+                &mut rand::thread_rng(),
+                rsa::Oaep::new::<sha2::Sha256>(),
+                &msg,
+            )
+            .expect("OAEP encrypt");
+        let out = kms
+            .decrypt()
+            .key_id(key_id)
+            .encryption_algorithm(aws_sdk_kms::types::EncryptionAlgorithmSpec::RsaesOaepSha256)
+            .ciphertext_blob(Blob::new(ct))
+            .send()
+            .await
+            .expect("KMS Decrypt");
+        assert_eq!(
+            out.plaintext().expect("plaintext").as_ref(),
+            msg.as_slice(),
+            "KMS decrypts what the source key's public half encrypted"
+        );
+        return;
+    }
+    prove_signature(kms, key_id, &spki, source.kind().expect("kind")).await;
+}
+
+/// A KMS signature verifies with `spki`, the source key's public key.
+pub async fn prove_signature(kms: &KmsClient, key_id: &str, spki: &[u8], kind: PrivateKind) {
+    use aws_sdk_kms::primitives::Blob;
+    let msg = random_bytes(57);
+    let alg = match kind.curve() {
+        None => "RSASSA_PKCS1_V1_5_SHA_256",
+        Some(Curve::P384) => "ECDSA_SHA_384",
+        Some(Curve::P521) => "ECDSA_SHA_512",
+        Some(_) => "ECDSA_SHA_256",
+    };
+    let sig = kms
+        .sign()
+        .key_id(key_id)
+        .message(Blob::new(msg.clone()))
+        .message_type(aws_sdk_kms::types::MessageType::Raw)
+        .signing_algorithm(aws_sdk_kms::types::SigningAlgorithmSpec::from(alg))
+        .send()
+        .await
+        .expect("KMS Sign");
+    let sig = sig.signature().expect("signature").as_ref().to_vec();
+    verify(spki, kind, &msg, &sig);
+}
+
+fn verify(spki: &[u8], kind: PrivateKind, msg: &[u8], sig: &[u8]) {
+    use p256::pkcs8::DecodePublicKey;
+    use signature::Verifier;
+    match kind.curve() {
+        None => {
+            let k = rsa::RsaPublicKey::from_public_key_der(spki).expect("rsa spki");
+            let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(k);
+            let s = rsa::pkcs1v15::Signature::try_from(sig).expect("signature");
+            vk.verify(msg, &s)
+                .expect("the KMS signature verifies with the source public key");
+        }
+        Some(curve) => {
+            let ok = match curve {
+                Curve::P256 => p256::ecdsa::VerifyingKey::from_public_key_der(spki)
+                    .expect("p256")
+                    .verify(msg, &p256::ecdsa::Signature::from_der(sig).expect("der"))
+                    .is_ok(),
+                Curve::P384 => p384::ecdsa::VerifyingKey::from_public_key_der(spki)
+                    .expect("p384")
+                    .verify(msg, &p384::ecdsa::Signature::from_der(sig).expect("der"))
+                    .is_ok(),
+                Curve::P521 => {
+                    let pk = p521::PublicKey::from_public_key_der(spki).expect("p521");
+                    let vk = p521::ecdsa::VerifyingKey::from_affine(*pk.as_affine()).expect("vk");
+                    vk.verify(msg, &p521::ecdsa::Signature::from_der(sig).expect("der"))
+                        .is_ok()
+                }
+                Curve::Secp256k1 => k256::ecdsa::VerifyingKey::from_public_key_der(spki)
+                    .expect("k256")
+                    .verify(msg, &k256::ecdsa::Signature::from_der(sig).expect("der"))
+                    .is_ok(),
+            };
+            assert!(ok, "the KMS signature verifies with the source public key");
+        }
+    }
+}
+
+/// What the token's objects look like to the daemon: (token objects, session objects).
+pub async fn object_counts(b: &Bridge) -> Vec<(String, u64, u64)> {
+    let (s, v) = b.get("/api/v1/system/tokens").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().expect("name").to_owned(),
+                t["objects"]["token"].as_u64().expect("token objects"),
+                t["objects"]["session"].as_u64().expect("session objects"),
+            )
+        })
+        .collect()
 }

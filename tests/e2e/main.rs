@@ -5,6 +5,7 @@ mod cli;
 mod faults;
 mod harness;
 mod policy;
+mod private;
 mod proxy;
 mod upload;
 mod validation;

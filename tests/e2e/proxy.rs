@@ -36,6 +36,10 @@ struct Rules {
     /// Once this operation has been forwarded, every later call meets the fault.
     after: Option<(String, Fault)>,
     seen: Vec<String>,
+    /// Hand the daemon this public key (SPKI DER) instead of AWS's wrapping key.
+    swap_wrapping_key: Option<Vec<u8>>,
+    /// The EncryptedKeyMaterial of every ImportKeyMaterial call.
+    captured: Vec<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -89,6 +93,17 @@ impl FaultProxy {
 
     pub fn after(&self, op: &str, fault: Fault) {
         self.rules.lock().expect("rules").after = Some((op.to_owned(), fault));
+    }
+
+    /// From now on GetParametersForImport answers carry `spki` as the wrapping key, so that
+    /// the test can unwrap what the daemon imports.
+    pub fn swap_wrapping_key(&self, spki: Vec<u8>) {
+        self.rules.lock().expect("rules").swap_wrapping_key = Some(spki);
+    }
+
+    /// The wrapped material of every ImportKeyMaterial call so far.
+    pub fn captured(&self) -> Vec<Vec<u8>> {
+        self.rules.lock().expect("rules").captured.clone()
     }
 
     pub fn heal(&self) {
@@ -161,6 +176,21 @@ async fn handle(
         .await
         .map_err(std::io::Error::other)?
         .to_bytes();
+    if op == "ImportKeyMaterial" {
+        use base64::Engine;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if let Some(b) = v["EncryptedKeyMaterial"]
+            .as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        {
+            rules.lock().expect("rules").captured.push(b);
+        }
+    }
+    let swap = if op == "GetParametersForImport" {
+        rules.lock().expect("rules").swap_wrapping_key.clone()
+    } else {
+        None
+    };
     let mut fwd = client.request(parts.method.clone(), format!("{upstream}{}", parts.uri));
     for (k, v) in parts.headers.iter() {
         if k != "host" {
@@ -177,6 +207,16 @@ async fn handle(
             out = out.header(k, v);
         }
     }
-    let bytes = resp.bytes().await.map_err(std::io::Error::other)?;
+    let mut bytes = resp.bytes().await.map_err(std::io::Error::other)?;
+    if let Some(spki) = swap {
+        use base64::Engine;
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+        if v.get("PublicKey").is_some() {
+            v["PublicKey"] =
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&spki));
+            bytes = Bytes::from(v.to_string());
+        }
+    }
     Ok(out.body(Full::new(bytes)).expect("response"))
 }
