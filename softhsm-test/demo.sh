@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine:
-#   1. provision two SoftHSM2 tokens (the bridge token and a "Luna partition" holding keys)
-#      and LocalStack's KMS on loopback;
+#   1. provision two SoftHSM2 tokens (the bridge token and a "Luna partition" holding keys),
+#      a kryoptic token holding an RSA key, and LocalStack's KMS on loopback;
 #   2. start hsm-bridge over HTTPS and wait until its tokens passed their self-test;
 #   3. create keys (in the vault and in the partition) and upload them with the CipherTrust
 #      Manager API, printing the answers;
@@ -48,6 +48,21 @@ head -c 32 /dev/urandom >"$DEMO/secrets/luna-aes.bin"
 "${P11[@]}" --keygen --key-type GENERIC:48 --label signing-hmac --id 0a02 \
     --sensitive --extractable --usage-sign >/dev/null 2>&1
 
+say "a second token family: kryoptic, holding an RSA signing key"
+KRYOPTIC_MODULE="$("$ROOT/softhsm-test/build-kryoptic.sh" | tail -n 1)"
+export KRYOPTIC_CONF="$DEMO/kryoptic.conf"
+mkdir -p "$DEMO/kryoptic"
+printf '[[slots]]\nslot = 1\ndbtype = "sqlite"\ndbargs = "%s/kryoptic/slot1.sql"\n' "$DEMO" >"$KRYOPTIC_CONF"
+K11=(pkcs11-tool --module "$KRYOPTIC_MODULE")
+"${K11[@]}" --init-token --slot 1 --label kryoptic-partition --so-pin "so-$PIN" >/dev/null 2>&1
+"${K11[@]}" --token-label kryoptic-partition --login --login-type so --so-pin "so-$PIN" \
+    --init-pin --new-pin "$PIN" >/dev/null 2>&1
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -outform DER \
+    -out "$DEMO/secrets/signing-rsa.der" 2>/dev/null
+"${K11[@]}" --token-label kryoptic-partition --login --pin "$PIN" \
+    --write-object "$DEMO/secrets/signing-rsa.der" --type privkey --label signing-rsa --id 0b01 \
+    --sensitive --extractable --usage-sign >/dev/null 2>&1
+
 say "starting LocalStack's KMS on loopback"
 KMS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 "$ROOT/softhsm-test/kms-emulator.sh" start "$KMS_PORT" "$DEMO/kms" >/dev/null
@@ -87,6 +102,14 @@ module = "$SOFTHSM_MODULE"
 token_label = "luna-partition"
 pin_file = "$DEMO/secrets/token.pin"
 profile = "softhsm2"
+role = "source"
+
+[[tokens]]
+name = "kryoptic"
+module = "$KRYOPTIC_MODULE"
+token_label = "kryoptic-partition"
+pin_file = "$DEMO/secrets/token.pin"
+profile = "kryoptic"
 role = "source"
 
 [[kms]]
@@ -136,10 +159,11 @@ HEX="$(od -An -tx1 "$DEMO/secrets/vault-hmac.bin" | tr -d ' \n')"
 api POST /api/v1/vault/keys2 "{\"name\":\"webhook-hmac\",\"algorithm\":\"hmac-sha256\",\"material\":\"$HEX\"}" \
     | show id,name,algorithm,size,origin
 
-upload() { # TIER IDENTIFIER SPEC ALIAS
+upload() { # TIER IDENTIFIER SPEC ALIAS [KEY_USAGE]
     api POST /api/v1/cckm/aws/upload-key "{\"source_key_tier\":\"$1\",\"source_key_identifier\":\"$2\",
         \"kms\":\"demo-account\",\"region\":\"us-east-1\",
         \"aws_param\":{\"Alias\":\"$4\",\"CustomerMasterKeySpec\":\"$3\",\"Description\":\"uploaded by the demo\",
+                      ${5:+\"KeyUsage\":\"$5\",}
                       \"Tags\":[{\"TagKey\":\"source\",\"TagValue\":\"$1\"}]}}"
 }
 FIELDS=id,key_source,local_key_name,aws_param.KeyID,aws_param.Arn,aws_param.KeyState,aws_param.CustomerMasterKeySpec,aws_param.Alias,upload.wrapping_algorithm,upload.token
@@ -152,6 +176,9 @@ say "upload-key: hsm-luna tier, AES-256 from the partition (by label)"
 upload hsm-luna payments-aes SYMMETRIC_DEFAULT payments-aes | tee "$DEMO/u3.json" | show "$FIELDS"
 say "upload-key: hsm-luna tier, HMAC-SHA384 generated in the partition (by hex CKA_ID)"
 upload hsm-luna 0a02 HMAC_384 signing-hmac | tee "$DEMO/u4.json" | show "$FIELDS"
+
+say "upload-key: hsm-luna tier, an RSA-2048 private key from the kryoptic token (RSA_AES_KEY_WRAP_SHA_256)"
+upload hsm-luna signing-rsa RSA_2048 signing-rsa SIGN_VERIFY | tee "$DEMO/u5.json" | show "$FIELDS"
 
 say "a refused request: the answer is CipherTrust's error body, and nothing reaches AWS"
 upload local webhook-hmac SYMMETRIC_DEFAULT wrong-spec; echo
@@ -188,6 +215,19 @@ subprocess.run(["pkcs11-tool", "--module", module, "--token-label", "luna-partit
 theirs = kms.generate_mac(KeyId=key_id(4), MacAlgorithm="HMAC_SHA_384", Message=msg)["Mac"]
 print("hsm-luna HMAC_384:     KMS MAC == the partition's own MAC:",
       theirs == open(f"{demo}/mac.bin", "rb").read())
+# RSA private key in the kryoptic token: KMS holds its public key and signs with its private key.
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives import hashes
+priv = serialization.load_der_private_key(open(f"{demo}/secrets/signing-rsa.der", "rb").read(), None)
+spki = priv.public_key().public_bytes(serialization.Encoding.DER,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+print("hsm-luna RSA_2048:     KMS GetPublicKey == the token key's public key:",
+      kms.get_public_key(KeyId=key_id(5))["PublicKey"] == spki)
+sig = kms.sign(KeyId=key_id(5), Message=msg, MessageType="RAW",
+               SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")["Signature"]
+priv.public_key().verify(sig, msg, padding.PKCS1v15(), hashes.SHA256())
+print("hsm-luna RSA_2048:     a KMS signature verifies with the token key: True")
 # AES generated in the vault: KMS and the bridge agree on a round trip through KMS.
 ct = kms.encrypt(KeyId=key_id(1), Plaintext=msg)["CiphertextBlob"]
 print("local AES (generated): KMS decrypts its own ciphertext:",

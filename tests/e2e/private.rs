@@ -217,7 +217,10 @@ async fn softhsm_private_keys_are_exported_exactly_or_refused() {
     let tokens = Tokens::on(Family::SoftHsm);
     let p384 = openssl_key(PrivateKind::EcP384);
     let k1 = openssl_key(PrivateKind::EcSecp256k1);
+    let p384_local = openssl_key(PrivateKind::EcP384);
+    let k1_luna = openssl_key(PrivateKind::EcSecp256k1);
     put_private(&tokens.source, "luna-p384", &p384, true);
+    put_private(&tokens.source, "luna-k1", &k1_luna, true);
     for (label, kind) in [
         ("luna-rsa", PrivateKind::Rsa2048),
         ("luna-p256", PrivateKind::EcP256),
@@ -292,16 +295,20 @@ async fn softhsm_private_keys_are_exported_exactly_or_refused() {
         .as_bytes()
         .to_vec();
     proxy.swap_wrapping_key(test_spki);
-    let vault = b
-        .post(
-            "/api/v1/vault/keys2",
-            &json!({"name": "k1", "algorithm": "ec", "material": pkcs8_pem(&k1)}),
-        )
-        .await;
-    assert_eq!(vault.0, StatusCode::CREATED, "{}", vault.1);
+    for (name, der) in [("k1", &k1), ("p384", &p384_local)] {
+        let vault = b
+            .post(
+                "/api/v1/vault/keys2",
+                &json!({"name": name, "algorithm": "ec", "material": pkcs8_pem(der)}),
+            )
+            .await;
+        assert_eq!(vault.0, StatusCode::CREATED, "{}", vault.1);
+    }
     for (n, (tier, ident, kind, der)) in [
         ("hsm-luna", "luna-p384", PrivateKind::EcP384, &p384),
+        ("hsm-luna", "luna-k1", PrivateKind::EcSecp256k1, &k1_luna),
         ("local", "k1", PrivateKind::EcSecp256k1, &k1),
+        ("local", "p384", PrivateKind::EcP384, &p384_local),
     ]
     .into_iter()
     .enumerate()
@@ -352,7 +359,7 @@ async fn softhsm_private_keys_are_exported_exactly_or_refused() {
         );
     }
     let keys = kms_keys(&kms).await;
-    assert_eq!(keys.len(), 2);
+    assert_eq!(keys.len(), 4);
     assert!(
         keys.iter().all(|(_, st)| st == "PendingDeletion"),
         "{keys:?}"

@@ -160,6 +160,7 @@ async fn local_tier_uploads_every_secret_spec_and_kms_holds_the_source_key(famil
     let tokens = Tokens::on(family);
     let mut b = Bridge::start(&tokens, Opts::default()).await;
     let kms = b.kms().await;
+    let objects = object_counts(&b).await;
     let mut secrets = Vec::new();
     let mut uploaded = Vec::new();
     for (spec, alg, len) in secret_specs(family) {
@@ -179,6 +180,11 @@ async fn local_tier_uploads_every_secret_spec_and_kms_holds_the_source_key(famil
         uploaded.push((r["id"].as_str().expect("id").to_owned(), key_id, r));
     }
 
+    assert_eq!(
+        object_counts(&b).await,
+        objects,
+        "no object left in any token"
+    );
     // The records survive a restart and are served again as they were.
     b.restart().await;
     let (s, list) = b.get("/api/v1/cckm/aws/keys?limit=100").await;
@@ -261,6 +267,7 @@ async fn hsm_luna_tier_uploads_every_secret_spec_and_kms_holds_the_source_key(fa
     }
     let mut b = Bridge::start(&tokens, Opts::default()).await;
     let kms = b.kms().await;
+    let objects = object_counts(&b).await;
     for (i, (spec, _, _)) in specs.iter().enumerate() {
         // By label for most, by hex CKA_ID for one.
         let ident = if i == 2 {
@@ -284,6 +291,11 @@ async fn hsm_luna_tier_uploads_every_secret_spec_and_kms_holds_the_source_key(fa
         )
         .await;
     }
+    assert_eq!(
+        object_counts(&b).await,
+        objects,
+        "no object left in any token"
+    );
     b.restart().await;
     let (_, list) = b.get("/api/v1/cckm/aws/keys").await;
     assert_eq!(list["total"], 5);
