@@ -32,6 +32,84 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub vault: VaultConfig,
+    /// Other CipherTrust Managers this bridge fetches keys from (`external-cm` tier).
+    #[serde(default)]
+    pub external_cm: Vec<ExternalCmConfig>,
+    /// Data Security Managers reached over KMIP (`dsm` tier).
+    #[serde(default)]
+    pub dsm: Vec<DsmConfig>,
+    /// Users of `POST /api/v1/auth/tokens`, when this bridge itself serves as an external
+    /// CipherTrust Manager.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalCmConfig {
+    pub name: String,
+    /// https://host[:port] (plain http only towards a loopback address).
+    pub url: String,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub refresh_token_file: Option<String>,
+    /// CA certificate(s) to trust for this CM, PEM; the system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Renew the JWT this long before it expires.
+    #[serde(default = "default_renew_before")]
+    pub renew_before_secs: u64,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_renew_before() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DsmWrapping {
+    /// A KEK present in both the DSM (by KMIP Name) and the bridge token (by label); RFC 3394.
+    AesKw,
+    /// The bridge token's transport public key, registered in the DSM under a Name; RSA-OAEP.
+    RsaOaep,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DsmConfig {
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_kmip_port")]
+    pub port: u16,
+    pub client_cert_file: PathBuf,
+    pub client_key_file: String,
+    pub ca_file: PathBuf,
+    /// The name the server certificate is checked against (default: `host`).
+    pub server_name: Option<String>,
+    pub wrapping: DsmWrapping,
+    /// aes-kw: the KEK's KMIP Name in the DSM.
+    pub kek_name: Option<String>,
+    /// aes-kw: the KEK's CKA_LABEL in the bridge token (default: `kek_name`).
+    pub kek_label: Option<String>,
+    /// rsa-oaep: the KMIP Name under which the bridge token's transport public key is registered.
+    pub transport_key_name: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_kmip_port() -> u16 {
+    5696
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// An Argon2 PHC string (`hsm-bridge hash-password` makes one).
+    pub password_hash: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,10 +143,17 @@ pub struct AuthConfig {
     pub allowed_groups: Vec<String>,
     #[serde(default = "default_token_ttl")]
     pub token_ttl_secs: u64,
+    /// Lifetime of refresh tokens issued by `POST /api/v1/auth/tokens`.
+    #[serde(default = "default_refresh_ttl")]
+    pub refresh_token_ttl_secs: u64,
 }
 
 fn default_token_ttl() -> u64 {
     300
+}
+
+fn default_refresh_ttl() -> u64 {
+    24 * 3600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -420,6 +505,95 @@ impl Config {
             }
             if k.max_attempts == 0 {
                 return Err(ConfigError::key(key("max_attempts"), "must be at least 1"));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, c) in self.external_cm.iter().enumerate() {
+            let key = |f: &str| format!("external_cm[{i}].{f}");
+            if c.name.trim().is_empty() || c.name.contains(':') {
+                return Err(ConfigError::key(
+                    key("name"),
+                    "must be non-empty and without ':'",
+                ));
+            }
+            if !names.insert(c.name.clone()) {
+                return Err(ConfigError::key(key("name"), "duplicate name"));
+            }
+            let url = reqwest::Url::parse(&c.url)
+                .map_err(|e| ConfigError::key(key("url"), e.to_string()))?;
+            match url.scheme() {
+                "https" => {}
+                "http"
+                    if url.host_str().is_some_and(|h| {
+                        h == "localhost"
+                            || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+                    }) => {}
+                _ => {
+                    return Err(ConfigError::key(
+                        key("url"),
+                        "must be https (plain http only towards a loopback address)",
+                    ));
+                }
+            }
+            match (&c.password_file, &c.refresh_token_file) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(ConfigError::key(
+                        key("password_file"),
+                        "give exactly one of password_file or refresh_token_file",
+                    ));
+                }
+                (Some(_), None) if c.username.is_none() => {
+                    return Err(ConfigError::key(
+                        key("username"),
+                        "required with password_file",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (i, d) in self.dsm.iter().enumerate() {
+            let key = |f: &str| format!("dsm[{i}].{f}");
+            if d.name.trim().is_empty() || d.name.contains(':') {
+                return Err(ConfigError::key(
+                    key("name"),
+                    "must be non-empty and without ':'",
+                ));
+            }
+            if !names.insert(d.name.clone()) {
+                return Err(ConfigError::key(
+                    key("name"),
+                    "duplicate name among external_cm and dsm",
+                ));
+            }
+            match d.wrapping {
+                DsmWrapping::AesKw if d.kek_name.is_none() => {
+                    return Err(ConfigError::key(
+                        key("kek_name"),
+                        "required with wrapping = \"aes-kw\"",
+                    ));
+                }
+                DsmWrapping::RsaOaep if d.transport_key_name.is_none() => {
+                    return Err(ConfigError::key(
+                        key("transport_key_name"),
+                        "required with wrapping = \"rsa-oaep\"",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let mut users = BTreeSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            if !users.insert(u.name.clone()) {
+                return Err(ConfigError::key(
+                    format!("users[{i}].name"),
+                    "duplicate user",
+                ));
+            }
+            if argon2::PasswordHash::new(&u.password_hash).is_err() {
+                return Err(ConfigError::key(
+                    format!("users[{i}].password_hash"),
+                    "not a PHC password hash (make one with `hsm-bridge hash-password`)",
+                ));
             }
         }
         if self.cleanup.interval_secs == 0 {

@@ -28,6 +28,15 @@ pub enum DomainError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+    /// Another key manager (external CM, DSM) failed or refused the bridge: 502.
+    #[error("{0}")]
+    Upstream(String),
+    /// Another key manager could not be reached: 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The caller may not do this (plaintext export): 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// A step after `CreateKey` failed; the key was (or will be) scheduled for deletion.
     #[error("{message}")]
     HalfMade {
@@ -65,6 +74,9 @@ impl DomainError {
                 KmsErrorKind::Unavailable => ErrorCode::Unavailable,
             },
             DomainError::Store(_) | DomainError::Internal(_) => ErrorCode::Internal,
+            DomainError::Upstream(_) => ErrorCode::BadGateway,
+            DomainError::Unavailable(_) => ErrorCode::Unavailable,
+            DomainError::Forbidden(_) => ErrorCode::Forbidden,
             DomainError::HalfMade { cause, .. } => cause.code(),
         }
     }
@@ -109,5 +121,28 @@ impl From<DomainError> for ApiError {
         let mut api = ApiError::new(e.code(), e.public_message());
         api.detail = detail;
         api
+    }
+}
+
+impl From<crate::extcm::CmError> for DomainError {
+    fn from(e: crate::extcm::CmError) -> Self {
+        use crate::extcm::CmError as C;
+        match e {
+            C::Unreachable { .. } => DomainError::Unavailable(e.to_string()),
+            C::NotFound { .. } => DomainError::NotFound(format!("source_key_identifier: {e}")),
+            C::Credentials { .. } | C::Refused { .. } => DomainError::Upstream(e.to_string()),
+            C::Setup(m) => DomainError::Internal(m),
+        }
+    }
+}
+
+impl From<crate::kmip::KmipError> for DomainError {
+    fn from(e: crate::kmip::KmipError) -> Self {
+        use crate::kmip::KmipError as K;
+        match e {
+            K::Unreachable(_) => DomainError::Unavailable(format!("Data Security Manager: {e}")),
+            K::Setup(m) => DomainError::Internal(m),
+            _ => DomainError::Upstream(format!("Data Security Manager: {e}")),
+        }
     }
 }

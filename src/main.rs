@@ -47,6 +47,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Read a password on standard input and print its Argon2id hash for `[[users]]`.
+    HashPassword,
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -104,7 +106,17 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            match hsm_bridge::probe::run(&cfg) {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("hsm-bridge: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(hsm_bridge::probe::run(&cfg)) {
                 Ok((report, all_ok)) => {
                     if json {
                         println!("{report:#}");
@@ -142,6 +154,31 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("hsm-bridge: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::HashPassword => {
+            use argon2::PasswordHasher;
+            use argon2::password_hash::SaltString;
+            use zeroize::Zeroize;
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() || line.trim_end().is_empty() {
+                eprintln!("hsm-bridge: give the password on standard input");
+                return ExitCode::from(2);
+            }
+            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+            let hashed = argon2::Argon2::default()
+                .hash_password(line.trim_end_matches(['\n', '\r']).as_bytes(), &salt)
+                .map(|h| h.to_string());
+            line.zeroize();
+            match hashed {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hsm-bridge: {e}");
+                    ExitCode::FAILURE
                 }
             }
         }

@@ -1,16 +1,24 @@
 //! `hsm-bridge probe`: opens every configured token, runs its self-test and prints what it
 //! proved, so an operator sees what the daemon would use before starting it.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
-use crate::config::{Config, TokenRole};
+use crate::config::{Config, DsmConfig, DsmWrapping, ExternalCmConfig, TokenRole};
+use crate::extcm::CmClient;
+use crate::kmip::{KeyWrapping, KmipClient};
+use crate::pkcs11::profile::OaepHash;
 use crate::pkcs11::selftest::{aws_hash, describe_lengths};
-use crate::pkcs11::{Token, TokenError, TokenSet};
+use crate::pkcs11::{Token, TokenError, TokenSet, keys, ops};
 
 /// Opens every token and reports each: what it proved and refused, or why it could not be
-/// opened. `Ok` only if every token would let the daemon start.
-pub fn run(cfg: &Config) -> Result<(Value, bool), TokenError> {
-    let probed = TokenSet::probe(cfg)?;
+/// opened; then each external CM and DSM. The flag is true only if everything would work.
+pub async fn run(cfg: &Config) -> Result<(Value, bool), TokenError> {
+    let c = cfg.clone();
+    let probed = tokio::task::spawn_blocking(move || TokenSet::probe(&c))
+        .await
+        .map_err(|e| TokenError::Worker(e.to_string()))??;
     let vault_name = cfg.vault_token().name.clone();
     let mut all_ok = true;
     let tokens: Vec<Value> = probed
@@ -27,7 +35,25 @@ pub fn run(cfg: &Config) -> Result<(Value, bool), TokenError> {
             }
         })
         .collect();
-    Ok((json!({ "tokens": tokens }), all_ok))
+    let bridge = probed
+        .iter()
+        .find(|p| p.name == vault_name)
+        .and_then(|p| p.token.as_ref().ok())
+        .cloned();
+    let transport = match &bridge {
+        Some(b) => transport_pem(b).await.ok().flatten(),
+        None => None,
+    };
+    let (remote, remote_ok) = remotes(cfg, bridge).await;
+    Ok((
+        json!({
+            "tokens": tokens,
+            "transport_public_key": transport,
+            "external_cm": remote["external_cm"],
+            "dsm": remote["dsm"],
+        }),
+        all_ok && remote_ok,
+    ))
 }
 
 fn report(t: &Token, holds_vault: bool, problem: Option<String>) -> Value {
@@ -72,6 +98,18 @@ fn report(t: &Token, holds_vault: bool, problem: Option<String>) -> Value {
 
 /// The human-readable form.
 pub fn render(report: &Value) -> String {
+    let mut out = render_tokens(report);
+    out.push_str(&render_remotes(report));
+    if let Some(pem) = report["transport_public_key"].as_str() {
+        out.push_str(
+            "transport public key of the bridge token (for wrapped exports to this bridge):\n",
+        );
+        out.push_str(pem);
+    }
+    out
+}
+
+fn render_tokens(report: &Value) -> String {
     let mut out = String::new();
     for t in report["tokens"].as_array().into_iter().flatten() {
         if let Some(e) = t["error"].as_str() {
@@ -200,6 +238,316 @@ fn private_table(rows: &Value) -> String {
     }
     for n in notes {
         out.push_str(&format!("      {n}\n"));
+    }
+    out
+}
+
+/// Whether each external CM and DSM answers, and whether the configured wrapping works end to
+/// end: a throwaway key is created there, fetched wrapped, unwrapped in the bridge token, and
+/// deleted again, where the server allows it.
+pub async fn remotes(cfg: &Config, bridge: Option<Arc<Token>>) -> (Value, bool) {
+    let mut all_ok = true;
+    let mut cms = Vec::new();
+    for (i, c) in cfg.external_cm.iter().enumerate() {
+        let (v, ok) = probe_cm(c, i, bridge.as_ref()).await;
+        all_ok &= ok;
+        cms.push(v);
+    }
+    let mut dsms = Vec::new();
+    for (i, d) in cfg.dsm.iter().enumerate() {
+        let (v, ok) = probe_dsm(d, i, bridge.as_ref()).await;
+        all_ok &= ok;
+        dsms.push(v);
+    }
+    (json!({"external_cm": cms, "dsm": dsms}), all_ok)
+}
+
+async fn transport_pem(bridge: &Token) -> Result<Option<String>, String> {
+    bridge
+        .run(|s| {
+            let Some((public, _)) = ops::find_transport_key(s, ops::TRANSPORT_LABEL)? else {
+                return Ok(None);
+            };
+            let (m, e) = ops::rsa_public_parts(s, public)?;
+            keys::rsa_spki_der(&m, &e)
+                .map(|d| Some(keys::spki_pem(&d)))
+                .map_err(TokenError::Refused)
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn probe_cm(
+    cfg: &ExternalCmConfig,
+    index: usize,
+    bridge: Option<&Arc<Token>>,
+) -> (Value, bool) {
+    let mut steps = Vec::new();
+    let client = match CmClient::new(cfg, index) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                json!({"name": cfg.name, "url": cfg.url, "error": e.to_string()}),
+                false,
+            );
+        }
+    };
+    if let Err(e) = client.check().await {
+        return (
+            json!({"name": cfg.name, "url": cfg.url, "error": e.to_string()}),
+            false,
+        );
+    }
+    steps.push("authenticated".to_owned());
+    let Some(bridge) = bridge else {
+        return (
+            json!({"name": cfg.name, "url": cfg.url, "steps": steps}),
+            true,
+        );
+    };
+    let hash = bridge
+        .capabilities()
+        .and_then(|c| c.unwrap.as_ref())
+        .and_then(|u| {
+            u.oaep
+                .iter()
+                .copied()
+                .find(|h| *h == OaepHash::Sha256)
+                .or(u.oaep.first().copied())
+        });
+    let (Some(hash), Ok(Some(pem))) = (hash, transport_pem(bridge).await) else {
+        steps.push("wrapping not checked: the bridge token has no transport key yet or proved no OAEP unwrap".into());
+        return (
+            json!({"name": cfg.name, "url": cfg.url, "steps": steps}),
+            true,
+        );
+    };
+    let name = format!("hsm-bridge-probe-{}", uuid::Uuid::new_v4());
+    let created = match client
+        .create_key(&json!({"name": name, "algorithm": "aes", "size": 256}))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            steps.push(format!("wrapping not checked end to end: the CM did not let the bridge create a throwaway key ({e})"));
+            return (
+                json!({"name": cfg.name, "url": cfg.url, "steps": steps}),
+                true,
+            );
+        }
+    };
+    let id = created["id"].as_str().unwrap_or(&name).to_owned();
+    let padding = if hash == OaepHash::Sha256 {
+        "oaep256"
+    } else {
+        "oaep"
+    };
+    let outcome = async {
+        let blob = client
+            .export(
+                &id,
+                &json!({"wrapPublicKey": pem, "wrapPublicKeyPadding": padding}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        bridge
+            .run(move |s| {
+                let (_, private) = ops::find_transport_key(s, ops::TRANSPORT_LABEL)?
+                    .ok_or_else(|| TokenError::Refused("no transport key".into()))?;
+                ops::oaep_unwrap_secret(s, hash, private, &blob, ops::SecretKind::Aes).map(|_| ())
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let ok = outcome.is_ok();
+    steps.push(match outcome {
+        Ok(()) => format!(
+            "a throwaway AES key was exported wrapped (RSA-OAEP {hash}) and unwrapped in token {}",
+            bridge.name
+        ),
+        Err(e) => format!("end-to-end wrapping FAILED: {e}"),
+    });
+    if let Err(e) = client.delete_key(&id).await {
+        steps.push(format!(
+            "the throwaway key `{name}` could not be deleted: {e}"
+        ));
+    }
+    (
+        json!({"name": cfg.name, "url": cfg.url, "steps": steps, "ok": ok}),
+        ok,
+    )
+}
+
+async fn probe_dsm(cfg: &DsmConfig, index: usize, bridge: Option<&Arc<Token>>) -> (Value, bool) {
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let client = match KmipClient::new(cfg, index) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                json!({"name": cfg.name, "address": addr, "error": e.to_string()}),
+                false,
+            );
+        }
+    };
+    let mut steps = Vec::new();
+    let wrapping = match cfg.wrapping {
+        DsmWrapping::AesKw => {
+            let kek = cfg.kek_name.clone().unwrap_or_default();
+            match client.locate_by_name(&kek).await {
+                Ok(found) if found.len() == 1 => {
+                    steps.push(format!("connected; KEK `{kek}` found"));
+                    KeyWrapping::AesKeyWrap {
+                        kek_uid: found[0].clone(),
+                    }
+                }
+                Ok(found) => {
+                    let e = format!(
+                        "{} objects are named `{kek}`; exactly one KEK is expected",
+                        found.len()
+                    );
+                    return (
+                        json!({"name": cfg.name, "address": addr, "error": e}),
+                        false,
+                    );
+                }
+                Err(e) => {
+                    return (
+                        json!({"name": cfg.name, "address": addr, "error": e.to_string()}),
+                        false,
+                    );
+                }
+            }
+        }
+        DsmWrapping::RsaOaep => {
+            let t = cfg.transport_key_name.clone().unwrap_or_default();
+            match client.locate_by_name(&t).await {
+                Ok(found) if found.len() == 1 => {
+                    steps.push(format!("connected; transport key `{t}` registered"));
+                    let sha256 = bridge
+                        .and_then(|b| b.capabilities())
+                        .and_then(|c| c.unwrap.as_ref())
+                        .is_some_and(|u| u.oaep.contains(&OaepHash::Sha256));
+                    KeyWrapping::RsaOaep {
+                        public_uid: found[0].clone(),
+                        sha256,
+                    }
+                }
+                Ok(_) => {
+                    let e = format!("the transport key `{t}` is not registered exactly once");
+                    return (
+                        json!({"name": cfg.name, "address": addr, "error": e}),
+                        false,
+                    );
+                }
+                Err(e) => {
+                    return (
+                        json!({"name": cfg.name, "address": addr, "error": e.to_string()}),
+                        false,
+                    );
+                }
+            }
+        }
+    };
+    let Some(bridge) = bridge else {
+        return (
+            json!({"name": cfg.name, "address": addr, "steps": steps}),
+            true,
+        );
+    };
+    let name = format!("hsm-bridge-probe-{}", uuid::Uuid::new_v4());
+    let uid = match client.create_aes(&name).await {
+        Ok(u) => u,
+        Err(e) => {
+            steps.push(format!("wrapping not checked end to end: the DSM did not let the bridge create a throwaway key ({e})"));
+            return (
+                json!({"name": cfg.name, "address": addr, "steps": steps}),
+                true,
+            );
+        }
+    };
+    let label = cfg
+        .kek_label
+        .clone()
+        .or_else(|| cfg.kek_name.clone())
+        .unwrap_or_default();
+    let outcome = async {
+        let key = client
+            .get_wrapped(&uid, &wrapping)
+            .await
+            .map_err(|e| e.to_string())?;
+        let w = wrapping.clone();
+        bridge
+            .run(move |s| match w {
+                KeyWrapping::AesKeyWrap { .. } => {
+                    let kek = ops::find_keys(
+                        s,
+                        cryptoki::object::ObjectClass::SECRET_KEY,
+                        Some(&label),
+                        None,
+                    )?;
+                    let [kek] = kek.as_slice() else {
+                        return Err(TokenError::Refused(format!(
+                            "no single KEK labelled \"{label}\" in the bridge token"
+                        )));
+                    };
+                    ops::aes_kw_unwrap_secret(s, *kek, &key.wrapped, ops::SecretKind::Aes)
+                        .map(|_| ())
+                }
+                KeyWrapping::RsaOaep { sha256, .. } => {
+                    let (_, private) = ops::find_transport_key(s, ops::TRANSPORT_LABEL)?
+                        .ok_or_else(|| TokenError::Refused("no transport key".into()))?;
+                    let hash = if sha256 {
+                        OaepHash::Sha256
+                    } else {
+                        OaepHash::Sha1
+                    };
+                    ops::oaep_unwrap_secret(s, hash, private, &key.wrapped, ops::SecretKind::Aes)
+                        .map(|_| ())
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let ok = outcome.is_ok();
+    steps.push(match outcome {
+        Ok(()) => format!(
+            "a throwaway AES key was fetched wrapped and unwrapped in token {}",
+            bridge.name
+        ),
+        Err(e) => format!("end-to-end wrapping FAILED: {e}"),
+    });
+    if let Err(e) = client.destroy(&uid).await {
+        steps.push(format!(
+            "the throwaway key `{name}` could not be destroyed: {e}"
+        ));
+    }
+    (
+        json!({"name": cfg.name, "address": addr, "steps": steps, "ok": ok}),
+        ok,
+    )
+}
+
+/// The remote sources in text.
+pub fn render_remotes(report: &Value) -> String {
+    let mut out = String::new();
+    for (kind, list) in [
+        ("external CM", &report["external_cm"]),
+        ("DSM", &report["dsm"]),
+    ] {
+        for r in list.as_array().into_iter().flatten() {
+            let name = r["name"].as_str().unwrap_or("");
+            let at = r["url"].as_str().or(r["address"].as_str()).unwrap_or("");
+            if let Some(e) = r["error"].as_str() {
+                out.push_str(&format!("{kind} {name} ({at}): NOT USABLE: {e}\n"));
+                continue;
+            }
+            out.push_str(&format!("{kind} {name} ({at}):\n"));
+            for s in r["steps"].as_array().into_iter().flatten() {
+                out.push_str(&format!("  {}\n", s.as_str().unwrap_or("")));
+            }
+        }
     }
     out
 }

@@ -176,6 +176,80 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The key tokens are signed with: the HS256 secret, or the RS256/ES256 private key.
+pub fn signing_key(cfg: &AuthConfig) -> Result<(EncodingKey, Algorithm), AuthSetupError> {
+    if let Some(f) = &cfg.jwt_secret_file {
+        let secret = SecretSource::new(f.clone())
+            .read_bytes()
+            .map_err(|e| setup_err("jwt_secret_file", e))?;
+        return Ok((
+            EncodingKey::from_secret(secret.expose_secret()),
+            Algorithm::HS256,
+        ));
+    }
+    let f = cfg.jwt_private_key_file.as_ref().ok_or_else(|| {
+        setup_err(
+            "jwt_private_key_file",
+            "required to issue tokens when the daemon verifies with a public key",
+        )
+    })?;
+    let pem = SecretSource::new(f.clone())
+        .read_bytes()
+        .map_err(|e| setup_err("jwt_private_key_file", e))?;
+    let pem = pem.expose_secret();
+    if let Ok(k) = EncodingKey::from_rsa_pem(pem) {
+        Ok((k, Algorithm::RS256))
+    } else if let Ok(k) = EncodingKey::from_ec_pem(pem) {
+        Ok((k, Algorithm::ES256))
+    } else {
+        Err(setup_err(
+            "jwt_private_key_file",
+            "not an RSA or EC P-256 private key in PEM",
+        ))
+    }
+}
+
+/// Issues Bearer tokens (the `token` command and `POST /api/v1/auth/tokens`).
+pub struct Issuer {
+    key: EncodingKey,
+    alg: Algorithm,
+    issuer: String,
+}
+
+impl Issuer {
+    pub fn from_config(cfg: &AuthConfig) -> Result<Self, AuthSetupError> {
+        let (key, alg) = signing_key(cfg)?;
+        Ok(Self {
+            key,
+            alg,
+            issuer: cfg.issuer.clone(),
+        })
+    }
+
+    pub fn issue(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl_secs: u64,
+    ) -> Result<String, AuthSetupError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: user.to_owned(),
+            exp: now + ttl_secs,
+            iat: now,
+            nbf: Some(now),
+            jti: Some(uuid::Uuid::new_v4().to_string()),
+            cust: Cust {
+                groups: groups.to_vec(),
+                domain_id: None,
+            },
+        };
+        jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key)
+            .map_err(|e| setup_err("jwt_secret_file", e))
+    }
+}
+
 /// Mints a token signed with the configured key (`hsm-bridge token`).
 pub fn mint(
     cfg: &AuthConfig,
@@ -183,51 +257,7 @@ pub fn mint(
     groups: &[String],
     ttl_secs: u64,
 ) -> Result<String, AuthSetupError> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
-    let claims = Claims {
-        iss: cfg.issuer.clone(),
-        sub: user.to_owned(),
-        exp: now + ttl_secs,
-        iat: now,
-        nbf: Some(now),
-        jti: Some(uuid::Uuid::new_v4().to_string()),
-        cust: Cust {
-            groups: groups.to_vec(),
-            domain_id: None,
-        },
-    };
-    let (key, alg) = if let Some(f) = &cfg.jwt_secret_file {
-        let secret = SecretSource::new(f.clone())
-            .read_bytes()
-            .map_err(|e| setup_err("jwt_secret_file", e))?;
-        (
-            EncodingKey::from_secret(secret.expose_secret()),
-            Algorithm::HS256,
-        )
-    } else {
-        let f = cfg.jwt_private_key_file.as_ref().ok_or_else(|| {
-            setup_err(
-                "jwt_private_key_file",
-                "required to mint tokens when the daemon verifies with a public key",
-            )
-        })?;
-        let pem = SecretSource::new(f.clone())
-            .read_bytes()
-            .map_err(|e| setup_err("jwt_private_key_file", e))?;
-        let pem = pem.expose_secret();
-        if let Ok(k) = EncodingKey::from_rsa_pem(pem) {
-            (k, Algorithm::RS256)
-        } else if let Ok(k) = EncodingKey::from_ec_pem(pem) {
-            (k, Algorithm::ES256)
-        } else {
-            return Err(setup_err(
-                "jwt_private_key_file",
-                "not an RSA or EC P-256 private key in PEM",
-            ));
-        }
-    };
-    jsonwebtoken::encode(&Header::new(alg), &claims, &key)
-        .map_err(|e| setup_err("jwt_secret_file", e))
+    Issuer::from_config(cfg)?.issue(user, groups, ttl_secs)
 }
 
 pub type SharedAuth = Arc<Authenticator>;

@@ -3,6 +3,7 @@
 
 pub mod attempts;
 pub mod auth;
+pub mod auth_tokens;
 pub mod aws_keys;
 pub mod error;
 pub mod extract;
@@ -46,7 +47,12 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
             get(attempts::get_one),
         )
         .route("/api/v1/vault/keys2", post(vault::create).get(vault::list))
-        .route("/api/v1/vault/keys2/{id}", get(vault::get_one))
+        .route(
+            "/api/v1/vault/keys2/{id}",
+            get(vault::get_one).delete(vault::delete),
+        )
+        .route("/api/v1/vault/keys2/{id}/export", post(vault::export))
+        .route("/api/v1/auth/tokens", post(auth_tokens::issue))
         .route("/api/v1/system/tokens", get(system::tokens))
         .route("/healthz", get(health))
         .fallback(not_found)

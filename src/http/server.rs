@@ -15,11 +15,17 @@ use super::state::AppState;
 use crate::cckm::upload::{LiveAttempts, Uploader};
 use crate::cleanup::Cleaner;
 use crate::config::Config;
+use crate::extcm::CmClient;
+use crate::http::auth::Issuer;
+use crate::http::auth_tokens::TokenService;
+use crate::kmip::KmipClient;
 use crate::kms::KmsRegistry;
 use crate::pkcs11::TokenSet;
 use crate::secrets::SecretSource;
 use crate::store::Store;
 use crate::tiers::Tiers;
+use crate::tiers::dsm::{Dsm, DsmTier};
+use crate::tiers::external_cm::ExternalCmTier;
 use crate::tiers::hsm_luna::HsmLunaTier;
 use crate::tiers::local::LocalTier;
 use crate::vault::Vault;
@@ -104,6 +110,38 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Setup(e.to_string()))?
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     let tokens = Arc::new(tokens);
+    let cms = cfg
+        .external_cm
+        .iter()
+        .enumerate()
+        .map(|(i, c)| CmClient::new(c, i).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let dsms = cfg
+        .dsm
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            KmipClient::new(d, i).map(|client| {
+                Arc::new(Dsm {
+                    client,
+                    cfg: d.clone(),
+                })
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let issuer = if cfg.users.is_empty() {
+        None
+    } else {
+        Some(Issuer::from_config(&cfg.auth).map_err(|e| ServeError::Setup(e.to_string()))?)
+    };
+    let token_service = Arc::new(TokenService {
+        issuer,
+        users: cfg.users.clone(),
+        ttl_secs: cfg.auth.token_ttl_secs,
+        refresh_ttl_secs: cfg.auth.refresh_token_ttl_secs,
+    });
     let kms = Arc::new(KmsRegistry::new(&cfg.kms));
     let vault = Arc::new(Vault::new(tokens.vault().clone(), store.clone()));
     let live = LiveAttempts::default();
@@ -113,6 +151,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         tiers: Tiers {
             local: LocalTier::new(vault.clone()),
             hsm_luna: HsmLunaTier::new(tokens.sources().cloned().collect()),
+            external_cm: ExternalCmTier::new(cms, tokens.vault().clone()),
+            dsm: DsmTier::new(dsms, tokens.vault().clone()),
         },
         live: live.clone(),
         detailed_errors: cfg.logging.detailed_errors,
@@ -124,6 +164,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         store: store.clone(),
         kms: kms.clone(),
         tokens,
+        token_service,
         detailed_errors: cfg.logging.detailed_errors,
     };
     let router = app(state, cfg.server.max_body_bytes);

@@ -17,5 +17,6 @@ pub struct AppState {
     pub store: Store,
     pub kms: Arc<KmsRegistry>,
     pub tokens: Arc<TokenSet>,
+    pub token_service: crate::http::auth_tokens::SharedTokens,
     pub detailed_errors: bool,
 }

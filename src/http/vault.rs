@@ -59,3 +59,23 @@ pub async fn get_one(
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.vault.get(&id).await?))
 }
+
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<crate::vault::ExportBody>,
+) -> Result<Json<Value>, ApiError> {
+    tracing::info!(user = %caller.user, key = %id, "vault key export requested");
+    Ok(Json(state.vault.export(&id, body).await?))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    tracing::info!(user = %caller.user, key = %id, "vault key deletion requested");
+    state.vault.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -95,7 +95,10 @@ impl TokenSet {
             .position(|t| t.name == vault_name)
             .ok_or_else(|| TokenError::Refused("no vault token".into()))?;
         let kek_label = tokens[vault].kek_label.clone();
-        tokens[vault].run_blocking(|s| ops::ensure_kek(s, &kek_label).map(|_| ()))?;
+        tokens[vault].run_blocking(|s| {
+            ops::ensure_kek(s, &kek_label)?;
+            ops::ensure_transport_key(s, ops::TRANSPORT_LABEL).map(|_| ())
+        })?;
         Ok(Self { tokens, vault })
     }
 

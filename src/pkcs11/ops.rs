@@ -605,3 +605,195 @@ pub fn count_objects(session: &Session) -> Result<(usize, usize), TokenError> {
     }
     Ok(counts)
 }
+
+/// The bridge token's transport key pair: other key managers wrap keys for the bridge under
+/// its public half; the private half never leaves the token and may only unwrap.
+pub const TRANSPORT_LABEL: &str = "hsm-bridge-transport";
+
+pub fn find_transport_key(
+    session: &Session,
+    label: &str,
+) -> Result<Option<(ObjectHandle, ObjectHandle)>, TokenError> {
+    let one = |class| -> Result<Option<ObjectHandle>, TokenError> {
+        let found = session
+            .find_objects(&[
+                Attribute::Class(class),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .map_err(TokenError::ck("C_FindObjects (transport key)"))?;
+        match found.as_slice() {
+            [] => Ok(None),
+            [h] => Ok(Some(*h)),
+            _ => Err(TokenError::Refused(format!(
+                "several keys carry the transport label \"{label}\""
+            ))),
+        }
+    };
+    Ok(
+        match (
+            one(ObjectClass::PUBLIC_KEY)?,
+            one(ObjectClass::PRIVATE_KEY)?,
+        ) {
+            (Some(p), Some(k)) => Some((p, k)),
+            _ => None,
+        },
+    )
+}
+
+pub fn ensure_transport_key(
+    session: &Session,
+    label: &str,
+) -> Result<(ObjectHandle, ObjectHandle), TokenError> {
+    if let Some(found) = find_transport_key(session, label)? {
+        return Ok(found);
+    }
+    let id: [u8; 16] = rand::random();
+    let public = [
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::ModulusBits(3072u64.into()),
+        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        Attribute::Wrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Verify(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    let private = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Unwrap(true),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    let pair = session
+        .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
+        .map_err(TokenError::ck("C_GenerateKeyPair (transport key)"))?;
+    tracing::info!(label, "created the transport key pair in the bridge token");
+    Ok(pair)
+}
+
+/// A session RSA key pair whose private half may only unwrap (self-test).
+pub fn generate_unwrapping_pair(
+    session: &Session,
+) -> Result<(SessionObject<'_>, SessionObject<'_>), TokenError> {
+    let public = [
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::ModulusBits(2048u64.into()),
+        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        Attribute::Wrap(true),
+    ];
+    let private = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Unwrap(true),
+        Attribute::Decrypt(false),
+    ];
+    let (p, k) = session
+        .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
+        .map_err(TokenError::ck("C_GenerateKeyPair"))?;
+    Ok((guard(session, p), guard(session, k)))
+}
+
+/// Modulus and exponent of an RSA public key object.
+pub fn rsa_public_parts(
+    session: &Session,
+    h: ObjectHandle,
+) -> Result<(Vec<u8>, Vec<u8>), TokenError> {
+    let attrs = session
+        .get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])
+        .map_err(TokenError::ck("C_GetAttributeValue (RSA public key)"))?;
+    let mut m = None;
+    let mut e = None;
+    for a in attrs {
+        match a {
+            Attribute::Modulus(v) => m = Some(v),
+            Attribute::PublicExponent(v) => e = Some(v),
+            _ => {}
+        }
+    }
+    match (m, e) {
+        (Some(m), Some(e)) => Ok((m, e)),
+        _ => Err(TokenError::Refused(
+            "the token did not give the RSA public key".into(),
+        )),
+    }
+}
+
+/// RSA-OAEP unwrap of a secret key into a session object.
+pub fn oaep_unwrap_secret<'s>(
+    session: &'s Session,
+    hash: OaepHash,
+    unwrapping: ObjectHandle,
+    blob: &[u8],
+    kind: SecretKind,
+) -> Result<SessionObject<'s>, TokenError> {
+    let h = session
+        .unwrap_key(
+            &oaep_mechanism(hash),
+            unwrapping,
+            blob,
+            &secret_template(kind),
+        )
+        .map_err(TokenError::ck("C_UnwrapKey (RSA-OAEP)"))?;
+    Ok(guard(session, h))
+}
+
+/// RFC 3394 (CKM_AES_KEY_WRAP) unwrap of a secret key into a session object.
+pub fn aes_kw_unwrap_secret<'s>(
+    session: &'s Session,
+    kek: ObjectHandle,
+    blob: &[u8],
+    kind: SecretKind,
+) -> Result<SessionObject<'s>, TokenError> {
+    let h = session
+        .unwrap_key(&Mechanism::AesKeyWrap, kek, blob, &secret_template(kind))
+        .map_err(TokenError::ck("C_UnwrapKey (RFC 3394)"))?;
+    Ok(guard(session, h))
+}
+
+/// Unwraps `OAEP(ephemeral AES key) || RFC5649(PKCS#8)` (the RSA_AES_KEY_WRAP form) into a
+/// private key session object; the ephemeral key lives only inside this call.
+pub fn rsa_aes_unwrap_private<'s>(
+    session: &'s Session,
+    hash: OaepHash,
+    kwp: RawMechanism,
+    unwrapping: ObjectHandle,
+    modulus_len: usize,
+    blob: &[u8],
+    kind: PrivateKind,
+) -> Result<SessionObject<'s>, TokenError> {
+    if blob.len() <= modulus_len {
+        return Err(TokenError::Refused(
+            "the wrapped private key is too short".into(),
+        ));
+    }
+    let t = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Unwrap(true),
+        Attribute::Wrap(false),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+    ];
+    let ephemeral = guard(
+        session,
+        session
+            .unwrap_key(&oaep_mechanism(hash), unwrapping, &blob[..modulus_len], &t)
+            .map_err(TokenError::ck("C_UnwrapKey (RSA-OAEP, ephemeral key)"))?,
+    );
+    kwp_unwrap_private(session, kwp, ephemeral.handle(), &blob[modulus_len..], kind)
+}

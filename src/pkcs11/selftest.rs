@@ -79,8 +79,22 @@ pub struct Capabilities {
     pub private_storage: BTreeSet<PrivateKind>,
     /// Per private key type, every method tried with its outcome (the probe's table).
     pub private_findings: BTreeMap<PrivateKind, Vec<Finding>>,
+    /// What the token unwraps correctly: keys other key managers send it (bridge tokens only).
+    pub unwrap: Option<UnwrapCaps>,
     /// Every secret-key method tried, with its outcome.
     pub findings: Vec<Finding>,
+}
+
+/// Unwrapping proven on a bridge token, for keys fetched wrapped from elsewhere.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UnwrapCaps {
+    /// RSA-OAEP digests with which secret keys unwrap exactly.
+    pub oaep: Vec<OaepHash>,
+    /// Per private key type, the OAEP digests with which the RSA_AES_KEY_WRAP form unwraps
+    /// exactly (RFC 5649 with the storage mechanism).
+    pub private: BTreeMap<PrivateKind, Vec<OaepHash>>,
+    /// RFC 3394 (CKM_AES_KEY_WRAP) unwrap of AES keys.
+    pub aes_kw: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -396,14 +410,217 @@ pub fn run(
             private.insert(kind, proven);
         }
     }
+    let unwrap = if with_storage {
+        let (u, f, pf) = prove_unwrap(session, profile, key, &oaep, storage.as_ref(), &private);
+        findings.extend(f);
+        for (k, v) in pf {
+            private_findings.entry(k).or_insert_with(Vec::new).extend(v);
+        }
+        Some(u)
+    } else {
+        None
+    };
     Ok(Capabilities {
         oaep,
         storage,
         private,
         private_storage,
         private_findings,
+        unwrap,
         findings,
     })
+}
+
+fn soft_oaep(to: &rsa::RsaPublicKey, hash: OaepHash, data: &[u8]) -> Result<Vec<u8>, String> {
+    to.encrypt(&mut rand::thread_rng(), oaep_padding(hash), data)
+        .map_err(|e| e.to_string())
+}
+
+type UnwrapProof = (
+    UnwrapCaps,
+    Vec<Finding>,
+    BTreeMap<PrivateKind, Vec<Finding>>,
+);
+
+/// Keys sent to the bridge arrive wrapped under its keys: proves, with known keys wrapped in
+/// software, which forms the token unwraps exactly. Each unwrapped key is exported again with
+/// a proven method to the software test key and compared.
+fn prove_unwrap(
+    session: &Session,
+    profile: &Profile,
+    key: &TestKey,
+    oaep_proven: &[OaepHash],
+    storage: Option<&StorageCaps>,
+    private: &BTreeMap<PrivateKind, Vec<PrivateWrap>>,
+) -> UnwrapProof {
+    let mut caps = UnwrapCaps::default();
+    let mut findings = Vec::new();
+    let mut private_findings: BTreeMap<PrivateKind, Vec<Finding>> = BTreeMap::new();
+    let Some(&export_hash) = oaep_proven.first() else {
+        return (caps, findings, private_findings);
+    };
+    let setup = (|| {
+        let (public, private_key) =
+            ops::generate_unwrapping_pair(session).map_err(|e| ck_detail(&e))?;
+        let (m, e) = ops::rsa_public_parts(session, public.handle()).map_err(|e| ck_detail(&e))?;
+        let soft = rsa::RsaPublicKey::new(
+            rsa::BigUint::from_bytes_be(&m),
+            rsa::BigUint::from_bytes_be(&e),
+        )
+        .map_err(|e| e.to_string())?;
+        let test_wrapping = ops::import_rsa_wrapping_key(
+            session,
+            &key.modulus,
+            &key.exponent,
+            MechanismType::RSA_PKCS_OAEP,
+        )
+        .map_err(|e| ck_detail(&e))?;
+        Ok::<_, String>((public, private_key, soft, m.len(), test_wrapping))
+    })();
+    let (_public, unwrapping, soft, modulus_len, test_wrapping) = match setup {
+        Ok(v) => v,
+        Err(detail) => {
+            findings.push(Finding {
+                method: "unwrapping under a token RSA key".into(),
+                proven: false,
+                detail,
+            });
+            return (caps, findings, private_findings);
+        }
+    };
+    for &hash in &profile.oaep_hashes {
+        let method = format!("RSA-OAEP {hash} unwrap of secret keys");
+        let outcome = [(SecretKind::Aes, 32usize), (SecretKind::Hmac, 28)]
+            .into_iter()
+            .try_for_each(|(kind, len)| {
+                let secret = random_secret(len);
+                let blob = soft_oaep(&soft, hash, &secret)?;
+                let obj = ops::oaep_unwrap_secret(session, hash, unwrapping.handle(), &blob, kind)
+                    .map_err(|e| ck_detail(&e))?;
+                let again =
+                    ops::oaep_wrap(session, export_hash, test_wrapping.handle(), obj.handle())
+                        .map_err(|e| ck_detail(&e))?;
+                check_oaep_wrap(&key.private, export_hash, &secret, &again)
+                    .map_err(|m| format!("{len}-byte {kind:?} key: {m}"))
+            });
+        match outcome {
+            Ok(()) => {
+                caps.oaep.push(hash);
+                findings.push(Finding {
+                    method,
+                    proven: true,
+                    detail: "known secrets unwrapped exactly".into(),
+                });
+            }
+            Err(detail) => findings.push(Finding {
+                method,
+                proven: false,
+                detail,
+            }),
+        }
+    }
+    // RFC 3394 under a known AES key (the DSM's aes-kw wrapping).
+    {
+        let method = "RFC 3394 (CKM_AES_KEY_WRAP) unwrap of AES keys".to_owned();
+        let outcome = (|| {
+            let mut kek_value = Zeroizing::new([0u8; 32]);
+            rand::thread_rng().fill_bytes(kek_value.as_mut());
+            let kek =
+                ops::create_test_kek(session, kek_value.as_ref()).map_err(|e| ck_detail(&e))?;
+            let secret = random_secret(32);
+            let blob = aes_kw::KekAes256::new(kek_value.as_ref().into())
+                .wrap_vec(&secret)
+                .map_err(|e| format!("{e:?}"))?;
+            let obj = ops::aes_kw_unwrap_secret(session, kek.handle(), &blob, SecretKind::Aes)
+                .map_err(|e| ck_detail(&e))?;
+            let again = ops::oaep_wrap(session, export_hash, test_wrapping.handle(), obj.handle())
+                .map_err(|e| ck_detail(&e))?;
+            check_oaep_wrap(&key.private, export_hash, &secret, &again).map_err(|m| m.to_string())
+        })();
+        caps.aes_kw = outcome.is_ok();
+        findings.push(match outcome {
+            Ok(()) => Finding {
+                method,
+                proven: true,
+                detail: "a known AES-256 key unwrapped exactly".into(),
+            },
+            Err(detail) => Finding {
+                method,
+                proven: false,
+                detail,
+            },
+        });
+    }
+    // The RSA_AES_KEY_WRAP form of private keys, for every type the token exports exactly.
+    let Some(storage) = storage else {
+        return (caps, findings, private_findings);
+    };
+    for (kind, der) in TEST_KEYS {
+        let Some(export) = private.get(&kind).and_then(|m| m.first()).copied() else {
+            continue;
+        };
+        let Ok(material) = PrivateMaterial::from_pkcs8_der(der) else {
+            continue;
+        };
+        for &hash in &caps.oaep.clone() {
+            let method = format!(
+                "unwrap of RSA_AES_KEY_WRAP_{} ({})",
+                aws_hash(hash),
+                storage.mechanism.name()
+            );
+            let outcome = (|| {
+                let eph = random_secret(32);
+                let mut blob = soft_oaep(&soft, hash, &eph)?;
+                let eph32: [u8; 32] = eph
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| "ephemeral key".to_owned())?;
+                blob.extend(
+                    aes_kw::KekAes256::new(&eph32.into())
+                        .wrap_with_padding_vec(der)
+                        .map_err(|e| format!("{e:?}"))?,
+                );
+                let obj = ops::rsa_aes_unwrap_private(
+                    session,
+                    hash,
+                    storage.mechanism,
+                    unwrapping.handle(),
+                    modulus_len,
+                    &blob,
+                    kind,
+                )
+                .map_err(|e| ck_detail(&e))?;
+                let wrapping = ops::import_rsa_wrapping_key(
+                    session,
+                    &key.modulus,
+                    &key.exponent,
+                    export.wrapping_key_mechanism(),
+                )
+                .map_err(|e| ck_detail(&e))?;
+                let again = ops::rsa_aes_wrap(session, export, wrapping.handle(), obj.handle())
+                    .map_err(|e| ck_detail(&e))?;
+                check_private_wrap(&key.private, export.hash(), &material, &again)
+                    .map_err(|m| m.to_string())
+            })();
+            let entry = private_findings.entry(kind).or_default();
+            match outcome {
+                Ok(()) => {
+                    caps.private.entry(kind).or_default().push(hash);
+                    entry.push(Finding {
+                        method,
+                        proven: true,
+                        detail: "known key unwrapped exactly".into(),
+                    });
+                }
+                Err(detail) => entry.push(Finding {
+                    method,
+                    proven: false,
+                    detail,
+                }),
+            }
+        }
+    }
+    (caps, findings, private_findings)
 }
 
 /// The AWS wrap methods to try for private keys, preferred first: SHA-256 before SHA-1,

@@ -3,6 +3,7 @@
 
 pub mod attempts;
 pub mod aws_keys;
+pub mod refresh;
 pub mod templates;
 pub mod vault;
 
@@ -93,6 +94,16 @@ CREATE INDEX upload_attempts_state ON upload_attempts(state);
     r#"
 ALTER TABLE upload_attempts ADD COLUMN alias TEXT;
 ALTER TABLE vault_keys ADD COLUMN curve TEXT;
+"#,
+    // Refresh tokens of POST /api/v1/auth/tokens, kept as SHA-256 digests only.
+    r#"
+CREATE TABLE refresh_tokens (
+    id          TEXT PRIMARY KEY,
+    digest      BLOB NOT NULL UNIQUE,
+    username    TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    created_at  TEXT NOT NULL
+);
 "#,
 ];
 

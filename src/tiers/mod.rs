@@ -1,6 +1,8 @@
 //! Source tiers. Each resolves a `source_key_identifier` into a key that can be made
 //! resident in a token, without creating anything; the AWS wrap is then common to all tiers.
 
+pub mod dsm;
+pub mod external_cm;
 pub mod hsm_luna;
 pub mod local;
 
@@ -58,6 +60,8 @@ pub trait Tier: Send + Sync {
 pub struct Tiers {
     pub local: local::LocalTier,
     pub hsm_luna: hsm_luna::HsmLunaTier,
+    pub external_cm: external_cm::ExternalCmTier,
+    pub dsm: dsm::DsmTier,
 }
 
 impl Tiers {
@@ -70,13 +74,8 @@ impl Tiers {
         match tier {
             SourceTier::Local => self.local.resolve(identifier, spec).await,
             SourceTier::HsmLuna => self.hsm_luna.resolve(identifier, spec).await,
-            SourceTier::Dsm => Err(DomainError::Invalid(
-                "source_key_tier dsm: no Data Security Manager is configured on this bridge".into(),
-            )),
-            SourceTier::ExternalCm => Err(DomainError::Invalid(
-                "source_key_tier external-cm: no external CipherTrust Manager is configured on this bridge"
-                    .into(),
-            )),
+            SourceTier::Dsm => self.dsm.resolve(identifier, spec).await,
+            SourceTier::ExternalCm => self.external_cm.resolve(identifier, spec).await,
         }
     }
 }

@@ -652,3 +652,185 @@ pub fn unwrap_into<'s>(
     }
     Ok(obj)
 }
+
+/// `POST /api/v1/vault/keys2/{id}/export`: always wrapped, never in the clear.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
+pub struct ExportBody {
+    pub wrapPublicKey: Option<String>,
+    pub wrapPublicKeyPadding: Option<String>,
+    pub wrappingEncryptionAlgo: Option<String>,
+    pub wrapRSAAES: Option<WrapRsaAes>,
+    pub wrappingMethod: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
+pub struct WrapRsaAes {
+    pub aesKeySize: Option<u32>,
+    pub padding: Option<String>,
+}
+
+fn padding_hash(
+    p: Option<&str>,
+    field: &str,
+) -> Result<crate::pkcs11::profile::OaepHash, DomainError> {
+    use crate::pkcs11::profile::OaepHash;
+    match p.unwrap_or("oaep256").to_ascii_lowercase().as_str() {
+        "oaep256" | "oaep-sha256" => Ok(OaepHash::Sha256),
+        "oaep" | "oaep-sha1" => Ok(OaepHash::Sha1),
+        other => Err(DomainError::Invalid(format!(
+            "{field}: `{other}` is not offered (oaep or oaep256)"
+        ))),
+    }
+}
+
+fn rsa_public_from_pem(pem: &str) -> Result<rsa::RsaPublicKey, DomainError> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::traits::PublicKeyParts;
+    let k = rsa::RsaPublicKey::from_public_key_pem(pem.trim())
+        .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(pem.trim()))
+        .map_err(|_| DomainError::Invalid("wrapPublicKey: not an RSA public key in PEM".into()))?;
+    if k.size() * 8 < 2048 {
+        return Err(DomainError::Invalid(
+            "wrapPublicKey: RSA keys of at least 2048 bits only".into(),
+        ));
+    }
+    Ok(k)
+}
+
+impl Vault {
+    pub async fn export(&self, id_or_name: &str, body: ExportBody) -> Result<Value, DomainError> {
+        use rsa::traits::PublicKeyParts;
+        let row = self
+            .get_row(id_or_name)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no vault key `{id_or_name}`")))?;
+        let Some(pem) = body.wrapPublicKey.as_deref() else {
+            return Err(DomainError::Forbidden(
+                "plaintext export is refused by this bridge: ask for a wrapped export (wrapPublicKey)".into(),
+            ));
+        };
+        let extra: Value = serde_json::from_str(&row.extra).unwrap_or_default();
+        if extra.get("unexportable").and_then(Value::as_bool) == Some(true) {
+            return Err(DomainError::Forbidden(format!(
+                "vault key `{}` is marked unexportable",
+                row.name
+            )));
+        }
+        if let Some(m) = body.wrappingMethod.as_deref().filter(|m| *m != "encrypt") {
+            return Err(DomainError::Invalid(format!(
+                "wrappingMethod: `{m}` is not offered (encrypt)"
+            )));
+        }
+        let public = rsa_public_from_pem(pem)?;
+        let shape = Shape::of(&row).ok_or_else(|| {
+            DomainError::Internal(format!("vault key {} has an unknown kind", row.id))
+        })?;
+        let caps = self
+            .token
+            .capabilities()
+            .ok_or_else(|| DomainError::Internal("bridge token has no self-test result".into()))?;
+        let wrap = match shape {
+            Shape::Secret { .. } => {
+                if body.wrappingEncryptionAlgo.is_some() || body.wrapRSAAES.is_some() {
+                    return Err(DomainError::Invalid(
+                        "wrappingEncryptionAlgo: secret keys are exported with RSA-OAEP (wrapPublicKeyPadding)".into(),
+                    ));
+                }
+                let hash =
+                    padding_hash(body.wrapPublicKeyPadding.as_deref(), "wrapPublicKeyPadding")?;
+                if !caps.oaep.contains(&hash) {
+                    return Err(DomainError::Unprocessable(format!(
+                        "token {} does not wrap with RSA-OAEP {hash} (self-test); ask for another padding",
+                        self.token.name
+                    )));
+                }
+                Export::Secret(hash)
+            }
+            Shape::Private(kind) => {
+                let algo = body.wrappingEncryptionAlgo.as_deref().unwrap_or_default();
+                if !algo.eq_ignore_ascii_case("RSA/RSAAESKEYWRAPPADDING") {
+                    return Err(DomainError::Invalid(
+                        "wrappingEncryptionAlgo: private keys are exported with RSA/RSAAESKEYWRAPPADDING".into(),
+                    ));
+                }
+                let params = body.wrapRSAAES.unwrap_or_default();
+                if params.aesKeySize.is_some_and(|s| s != 256) {
+                    return Err(DomainError::Invalid(
+                        "wrapRSAAES.aesKeySize: only 256 is offered".into(),
+                    ));
+                }
+                let hash = padding_hash(params.padding.as_deref(), "wrapRSAAES.padding")?;
+                let method = caps
+                    .private
+                    .get(&kind)
+                    .and_then(|m| m.iter().find(|m| m.hash() == hash))
+                    .copied()
+                    .ok_or_else(|| {
+                        DomainError::Unprocessable(format!(
+                            "token {} cannot export {kind} keys exactly with OAEP {hash} (self-test)",
+                            self.token.name
+                        ))
+                    })?;
+                Export::Private(method)
+            }
+        };
+        let modulus = public.n().to_bytes_be();
+        let exponent = public.e().to_bytes_be();
+        let stored = row.clone();
+        let wrapped = self
+            .token
+            .run(move |s| {
+                let key = unwrap_into(s, &stored)?;
+                let mech = match wrap {
+                    Export::Secret(_) => cryptoki::mechanism::MechanismType::RSA_PKCS_OAEP,
+                    Export::Private(m) => m.wrapping_key_mechanism(),
+                };
+                let wrapping = ops::import_rsa_wrapping_key(s, &modulus, &exponent, mech)?;
+                match wrap {
+                    Export::Secret(hash) => {
+                        ops::oaep_wrap(s, hash, wrapping.handle(), key.handle())
+                    }
+                    Export::Private(m) => ops::rsa_aes_wrap(s, m, wrapping.handle(), key.handle()),
+                }
+            })
+            .await
+            .map_err(DomainError::token(&self.token.name))?;
+        tracing::info!(key = %row.id, name = %row.name, "vault key exported wrapped");
+        let mut v = render(&row);
+        v["material"] = json!(hex::encode(wrapped));
+        v["wrapped"] = json!(true);
+        Ok(v)
+    }
+
+    pub async fn delete(&self, id_or_name: &str) -> Result<(), DomainError> {
+        let row = self
+            .get_row(id_or_name)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no vault key `{id_or_name}`")))?;
+        let extra: Value = serde_json::from_str(&row.extra).unwrap_or_default();
+        if extra.get("undeletable").and_then(Value::as_bool) == Some(true) {
+            return Err(DomainError::Conflict(format!(
+                "vault key `{}` is marked undeletable",
+                row.name
+            )));
+        }
+        let id = row.id.clone();
+        self.store
+            .call(move |c| Ok(c.execute("DELETE FROM vault_keys WHERE id = ?1", [id])?))
+            .await?;
+        tracing::info!(key = %row.id, name = %row.name, "vault key deleted");
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Export {
+    Secret(crate::pkcs11::profile::OaepHash),
+    Private(crate::pkcs11::ops::PrivateWrap),
+}
