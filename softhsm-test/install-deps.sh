@@ -17,3 +17,4 @@ fi
 [ -e "$SOFTHSM_MODULE" ] || die "SoftHSM2 module not found at $SOFTHSM_MODULE"
 command -v pkcs11-tool >/dev/null || die "pkcs11-tool (opensc) is missing"
 "$(dirname "$0")/kms-emulator.sh" install
+"$(dirname "$0")/kmip-server.sh" install

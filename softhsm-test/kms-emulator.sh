@@ -51,18 +51,19 @@ launch() {
     mkdir -p "$dir/volume" "$dir/tmp"
     make_cert "$dir"
     cd "$dir"
-    env SERVICES=kms EAGER_SERVICE_LOADING=1 GATEWAY_SERVER=hypercorn \
+    setsid env SERVICES=kms EAGER_SERVICE_LOADING=1 GATEWAY_SERVER=hypercorn \
         GATEWAY_LISTEN="127.0.0.1:$port" DNS_ADDRESS=0 DISABLE_EVENTS=1 SKIP_INFRA_DOWNLOADS=1 \
         LOCALSTACK_VOLUME_DIR="$dir/volume" TMPDIR="$dir/tmp" CUSTOM_SSL_CERT_PATH="$dir/server.pem" \
         "$KMS_VENV/bin/python" -m localstack.runtime.main >"$dir/emulator.log" 2>&1 &
     echo $!
 }
 
+# The emulator runs in its own process group (setsid): stop the whole group.
 stop_pid() {
     local pid="$1" i
-    kill "$pid" 2>/dev/null || return 0
+    kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || return 0
     for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+    kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
 }
 
 wait_ready() {

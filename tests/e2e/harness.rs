@@ -507,6 +507,8 @@ pub struct Opts {
     pub server_toml: Option<String>,
     /// AWS credentials from a named profile in ~/.aws instead of the environment.
     pub aws_profile: bool,
+    /// More environment for the daemon (configuration overrides, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Opts {
@@ -519,6 +521,7 @@ impl Default for Opts {
             extra_toml: String::new(),
             server_toml: None,
             aws_profile: false,
+            env: Vec::new(),
         }
     }
 }
@@ -536,6 +539,7 @@ pub struct Bridge {
     child: Option<Child>,
     http: reqwest::Client,
     env_credentials: bool,
+    env: Vec<(String, String)>,
 }
 
 pub const ISSUER: &str = "hsm-bridge-tests";
@@ -659,6 +663,7 @@ operation_timeout_secs = 10
             token,
             child: None,
             env_credentials: !opts.aws_profile,
+            env: opts.env.clone(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .danger_accept_invalid_certs(opts.server_toml.is_some())
@@ -694,6 +699,9 @@ operation_timeout_secs = 10
         if self.env_credentials {
             cmd.env("AWS_ACCESS_KEY_ID", &self.account)
                 .env("AWS_SECRET_ACCESS_KEY", "test");
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
         }
         let child = cmd
             .env("NO_COLOR", "1")
@@ -1086,7 +1094,6 @@ pub fn assert_no_leak(bridge: &Bridge) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    use base64::Engine;
     let mut haystacks: Vec<(String, Vec<u8>)> = vec![("logs".into(), bridge.logs())];
     for entry in std::fs::read_dir(bridge.db_path.parent().expect("state dir")).expect("state dir")
     {
@@ -1103,7 +1110,15 @@ pub fn assert_no_leak(bridge: &Bridge) {
             "a PIN appears in the logs"
         );
     }
-    for s in &secrets {
+    for (name, hay) in &haystacks {
+        assert_no_material_in(name, hay, &secrets);
+    }
+}
+
+/// None of `secrets` appears in `hay`, raw, hex or base64.
+pub fn assert_no_material_in(name: &str, hay: &[u8], secrets: &[Vec<u8>]) {
+    use base64::Engine;
+    for s in secrets {
         assert!(s.len() >= 16, "only real key material is checked");
         let forms = [
             s.clone(),
@@ -1113,15 +1128,22 @@ pub fn assert_no_leak(bridge: &Bridge) {
                 .encode(s)
                 .into_bytes(),
         ];
-        for (name, hay) in &haystacks {
-            for f in &forms {
-                assert!(
-                    !hay.windows(f.len()).any(|w| w == f.as_slice()),
-                    "key material found in {name}"
-                );
-            }
+        for f in &forms {
+            assert!(
+                !hay.windows(f.len()).any(|w| w == f.as_slice()),
+                "key material found in {name}"
+            );
         }
     }
+}
+
+/// Every piece of key material the tests used so far.
+pub fn remembered() -> Vec<Vec<u8>> {
+    world()
+        .secrets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
 }
 
 pub fn write_file(path: &Path, text: &str) {
@@ -1352,4 +1374,128 @@ pub async fn object_counts(b: &Bridge) -> Vec<(String, u64, u64)> {
             )
         })
         .collect()
+}
+
+/// PyKMIP on loopback, standing in for a Data Security Manager; started on first use.
+pub struct Kmip {
+    pub port: u16,
+    pub dir: PathBuf,
+    _server: Mutex<(Child, ChildStdin)>,
+}
+
+static KMIP: OnceLock<Result<Kmip, String>> = OnceLock::new();
+
+pub fn kmip() -> &'static Kmip {
+    let w = world();
+    match KMIP.get_or_init(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let port = free_port();
+            let dir = w.dir.path().join("kmip");
+            std::fs::create_dir_all(&dir).expect("kmip dir");
+            let mut child = Command::new("bash")
+                .arg(format!("{REPO}/softhsm-test/kmip-server.sh"))
+                .arg("run")
+                .arg(port.to_string())
+                .arg(&dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start the KMIP server script");
+            let stdin = child.stdin.take().expect("stdin");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("kmip output");
+            assert_eq!(
+                line.trim(),
+                "ready",
+                "the KMIP server did not start (is PyKMIP installed? run softhsm-test/install-deps.sh)"
+            );
+            Kmip {
+                port,
+                dir,
+                _server: Mutex::new((child, stdin)),
+            }
+        }))
+        .map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "unknown failure".to_owned())
+        })
+    }) {
+        Ok(k) => k,
+        Err(why) => panic!("the KMIP server could not be set up: {why}"),
+    }
+}
+
+impl Kmip {
+    /// Registers and activates a symmetric key of known value; returns its unique identifier.
+    pub fn register(&self, name: &str, algorithm: &str, value: &[u8], kek: bool) -> String {
+        let d = self.dir.display().to_string();
+        let mut cmd = Command::new("bash");
+        cmd.arg(format!("{REPO}/softhsm-test/kmip-server.sh"))
+            .arg("tool")
+            .arg("127.0.0.1")
+            .arg(self.port.to_string())
+            .arg(format!("{d}/client.pem"))
+            .arg(format!("{d}/client.key"))
+            .arg(format!("{d}/ca.pem"))
+            .arg("register")
+            .arg(name)
+            .arg(algorithm)
+            .arg(hex::encode(value));
+        if kek {
+            cmd.arg("kek");
+        }
+        let out = cmd.output().expect("kmip-tool");
+        assert!(
+            out.status.success(),
+            "kmip-tool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    }
+
+    /// The `[[dsm]]` section for a bridge that reaches this server.
+    pub fn dsm_toml(&self, name: &str, kek_name: &str, kek_label: &str, port: u16) -> String {
+        let d = self.dir.display();
+        format!(
+            r#"
+[[dsm]]
+name = "{name}"
+host = "127.0.0.1"
+port = {port}
+client_cert_file = "{d}/client.pem"
+client_key_file = "{d}/client.key"
+ca_file = "{d}/ca.pem"
+wrapping = "aes-kw"
+kek_name = "{kek_name}"
+kek_label = "{kek_label}"
+timeout_secs = 10
+"#
+        )
+    }
+}
+
+/// A key-encryption key of known value in a token (it may unwrap, never leave).
+pub fn put_kek(token: &str, label: &str, value: &[u8]) {
+    let s = world().session(token);
+    s.create_object(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Value(value.to_vec()),
+    ])
+    .expect("C_CreateObject (KEK)");
 }

@@ -2,6 +2,8 @@
 
 mod auth;
 mod cli;
+mod dsm;
+mod external;
 mod faults;
 mod harness;
 mod policy;

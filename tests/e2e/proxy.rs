@@ -27,6 +27,19 @@ pub enum Fault {
     LoseAnswer,
     /// Wait until released, then drop the connection.
     Hold(Arc<Notify>),
+    /// Wait this long, then forward.
+    Delay(std::time::Duration),
+    /// The same, for the first matching call only.
+    DelayOnce(std::time::Duration),
+}
+
+/// One call that went through, for tests that look at the wire.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub op: String,
+    pub status: u16,
+    pub request: Vec<u8>,
+    pub response: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -40,6 +53,9 @@ struct Rules {
     swap_wrapping_key: Option<Vec<u8>>,
     /// The EncryptedKeyMaterial of every ImportKeyMaterial call.
     captured: Vec<Vec<u8>>,
+    /// Rules for operations (request paths) containing a string.
+    containing: Vec<(String, Fault)>,
+    exchanges: Vec<Exchange>,
 }
 
 #[derive(Clone)]
@@ -49,13 +65,18 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
+    /// In front of the KMS emulator.
     pub async fn start() -> FaultProxy {
+        Self::start_to(world().kms_endpoint.clone()).await
+    }
+
+    /// In front of any HTTP server (another bridge, say); operations are request paths.
+    pub async fn start_to(upstream: String) -> FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let rules = Arc::new(Mutex::new(Rules::default()));
-        let upstream = world().kms_endpoint.clone();
         let client = reqwest::Client::new();
         let r = rules.clone();
         tokio::spawn(async move {
@@ -77,6 +98,19 @@ impl FaultProxy {
             }
         });
         FaultProxy { url, rules }
+    }
+
+    /// A rule for every operation whose name (or path) contains `part`.
+    pub fn on_containing(&self, part: &str, fault: Fault) {
+        self.rules
+            .lock()
+            .expect("rules")
+            .containing
+            .push((part.to_owned(), fault));
+    }
+
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.rules.lock().expect("rules").exchanges.clone()
     }
 
     pub fn on(&self, op: &str, fault: Fault) {
@@ -132,8 +166,8 @@ async fn handle(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit('.').next())
-        .unwrap_or("")
-        .to_owned();
+        .map(str::to_owned)
+        .unwrap_or_else(|| req.uri().path().to_owned());
     let fault = {
         let mut r = rules.lock().expect("rules");
         let tripped = r
@@ -142,8 +176,17 @@ async fn handle(
             .filter(|(after, _)| r.seen.iter().any(|s| s == after))
             .map(|(_, f)| f.clone());
         r.seen.push(op.clone());
+        let at = r
+            .containing
+            .iter()
+            .position(|(part, _)| op.contains(part.as_str()));
+        let containing = at.map(|i| r.containing[i].1.clone());
+        if let (Some(i), Some(Fault::DelayOnce(_))) = (at, &containing) {
+            r.containing.remove(i);
+        }
         tripped
             .or_else(|| r.by_op.get(&op).cloned())
+            .or(containing)
             .or_else(|| r.all.clone())
     };
     let drop_it = || {
@@ -163,6 +206,7 @@ async fn handle(
                 .expect("response"));
         }
         Some(Fault::Drop) => return drop_it(),
+        Some(Fault::Delay(d)) | Some(Fault::DelayOnce(d)) => tokio::time::sleep(d).await,
         Some(Fault::Pass) | Some(Fault::LoseAnswer) | None => {}
         Some(Fault::Hold(n)) => {
             n.notified().await;
@@ -197,11 +241,13 @@ async fn handle(
             fwd = fwd.header(k, v);
         }
     }
+    let request_body = body.to_vec();
     let resp = fwd.body(body).send().await.map_err(std::io::Error::other)?;
     if lose {
         return drop_it();
     }
-    let mut out = Response::builder().status(resp.status().as_u16());
+    let resp_status = resp.status().as_u16();
+    let mut out = Response::builder().status(resp_status);
     for (k, v) in resp.headers().iter() {
         if k != "content-length" && k != "transfer-encoding" && k != "connection" {
             out = out.header(k, v);
@@ -218,5 +264,11 @@ async fn handle(
             bytes = Bytes::from(v.to_string());
         }
     }
+    rules.lock().expect("rules").exchanges.push(Exchange {
+        op: op.clone(),
+        status: resp_status,
+        request: request_body,
+        response: bytes.to_vec(),
+    });
     Ok(out.body(Full::new(bytes)).expect("response"))
 }
