@@ -564,3 +564,50 @@ async fn a_jwt_expiring_mid_upload_is_renewed_without_failing_it() {
     p.up.finish().await;
     p.cm.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_checks_each_cm_and_dsm_end_to_end() {
+    let k = kmip();
+    let n = world().next();
+    let kek = secret(32);
+    let kek_name = format!("probe-kek-{n}");
+    k.register(&kek_name, "aes", &kek, true);
+    let password = format!("pw-{n}");
+    let cm = Bridge::start(&Tokens::new(), Opts { extra_toml: users_toml(&password), ..Default::default() }).await;
+    let tokens = Tokens::new();
+    put_kek(&tokens.bridge, "dsm-kek", &kek);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let extra = [
+        cm_toml(&cm.url, Cred::Password(password), 5),
+        k.dsm_toml("dsm", &kek_name, "dsm-kek", k.port),
+    ]
+    .concat();
+    let up = Bridge::start(&tokens, Opts { extra_toml: extra.clone(), ..Default::default() }).await;
+    let (code, out, err) = up.cli(&["probe"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("external CM cm-b"), "{out}");
+    assert!(out.contains("a throwaway AES key was exported wrapped (RSA-OAEP SHA-1) and unwrapped in token bridge"), "{out}");
+    assert!(out.contains("DSM dsm (127.0.0.1"), "{out}");
+    assert!(out.contains("a throwaway AES key was fetched wrapped and unwrapped in token bridge"), "{out}");
+    assert!(out.contains("BEGIN PUBLIC KEY"), "the transport key is shown: {out}");
+    // The throwaway key on the CM was deleted again.
+    let (_, keys) = cm.get("/api/v1/vault/keys2").await;
+    assert_eq!(keys["total"], 0, "{keys}");
+    up.finish().await;
+
+    // A DSM that does not answer makes probe fail, and says which.
+    let tokens = Tokens::new();
+    let down = Bridge::start(
+        &tokens,
+        Opts { extra_toml: k.dsm_toml("down", &kek_name, "dsm-kek", closed), ..Default::default() },
+    )
+    .await;
+    let (code, out, _) = down.cli(&["probe"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("DSM down") && out.contains("NOT USABLE") && out.contains("cannot reach"), "{out}");
+    down.finish().await;
+    cm.finish().await;
+}

@@ -769,6 +769,28 @@ operation_timeout_secs = 10
         }
     }
 
+    /// Runs the CLI with this daemon's configuration and environment.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("SOFTHSM2_CONF", &world().softhsm_conf)
+            .env("KRYOPTIC_CONF", &world().kryoptic_conf)
+            .env("RUST_LOG", "error")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("hsm-bridge");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// SIGKILL: the daemon dies wherever it is.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
