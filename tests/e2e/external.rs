@@ -573,7 +573,14 @@ async fn probe_checks_each_cm_and_dsm_end_to_end() {
     let kek_name = format!("probe-kek-{n}");
     k.register(&kek_name, "aes", &kek, true);
     let password = format!("pw-{n}");
-    let cm = Bridge::start(&Tokens::new(), Opts { extra_toml: users_toml(&password), ..Default::default() }).await;
+    let cm = Bridge::start(
+        &Tokens::new(),
+        Opts {
+            extra_toml: users_toml(&password),
+            ..Default::default()
+        },
+    )
+    .await;
     let tokens = Tokens::new();
     put_kek(&tokens.bridge, "dsm-kek", &kek);
     let closed = {
@@ -585,14 +592,27 @@ async fn probe_checks_each_cm_and_dsm_end_to_end() {
         k.dsm_toml("dsm", &kek_name, "dsm-kek", k.port),
     ]
     .concat();
-    let up = Bridge::start(&tokens, Opts { extra_toml: extra.clone(), ..Default::default() }).await;
+    let up = Bridge::start(
+        &tokens,
+        Opts {
+            extra_toml: extra.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
     let (code, out, err) = up.cli(&["probe"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("external CM cm-b"), "{out}");
     assert!(out.contains("a throwaway AES key was exported wrapped (RSA-OAEP SHA-1) and unwrapped in token bridge"), "{out}");
     assert!(out.contains("DSM dsm (127.0.0.1"), "{out}");
-    assert!(out.contains("a throwaway AES key was fetched wrapped and unwrapped in token bridge"), "{out}");
-    assert!(out.contains("BEGIN PUBLIC KEY"), "the transport key is shown: {out}");
+    assert!(
+        out.contains("a throwaway AES key was fetched wrapped and unwrapped in token bridge"),
+        "{out}"
+    );
+    assert!(
+        out.contains("BEGIN PUBLIC KEY"),
+        "the transport key is shown: {out}"
+    );
     // The throwaway key on the CM was deleted again.
     let (_, keys) = cm.get("/api/v1/vault/keys2").await;
     assert_eq!(keys["total"], 0, "{keys}");
@@ -602,12 +622,18 @@ async fn probe_checks_each_cm_and_dsm_end_to_end() {
     let tokens = Tokens::new();
     let down = Bridge::start(
         &tokens,
-        Opts { extra_toml: k.dsm_toml("down", &kek_name, "dsm-kek", closed), ..Default::default() },
+        Opts {
+            extra_toml: k.dsm_toml("down", &kek_name, "dsm-kek", closed),
+            ..Default::default()
+        },
     )
     .await;
     let (code, out, _) = down.cli(&["probe"]);
     assert_ne!(code, 0);
-    assert!(out.contains("DSM down") && out.contains("NOT USABLE") && out.contains("cannot reach"), "{out}");
+    assert!(
+        out.contains("DSM down") && out.contains("NOT USABLE") && out.contains("cannot reach"),
+        "{out}"
+    );
     down.finish().await;
     cm.finish().await;
 }
