@@ -42,6 +42,23 @@ pub struct Config {
     /// CipherTrust Manager.
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// Who may export vault keys (wrapped), and under which wrapping keys.
+    #[serde(default)]
+    pub export: ExportConfig,
+}
+
+/// Wrapped exports of vault keys (`POST /api/v1/vault/keys2/{id}/export`). Off unless groups
+/// are named: whoever may export chooses the wrapping key, so this is the power to read keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Groups (from `cust.groups`) allowed to export; none: exports are disabled.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// SHA-256 fingerprints (`sha256:<hex>` of the SubjectPublicKeyInfo DER) of the only
+    /// wrapping keys exports may use, such as peer bridges' transport keys; none: any key.
+    #[serde(default)]
+    pub allowed_wrapping_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -579,6 +596,17 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+        }
+        for (i, f) in self.export.allowed_wrapping_keys.iter().enumerate() {
+            let ok = f
+                .strip_prefix("sha256:")
+                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !ok {
+                return Err(ConfigError::key(
+                    format!("export.allowed_wrapping_keys[{i}]"),
+                    "must be sha256:<64 hex digits> (hsm-bridge probe prints the transport key's)",
+                ));
             }
         }
         let mut users = BTreeSet::new();

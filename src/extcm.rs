@@ -9,6 +9,7 @@ use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use zeroize::Zeroizing;
 
 use crate::config::ExternalCmConfig;
 use crate::secrets::SecretSource;
@@ -50,7 +51,8 @@ pub struct CmClient {
     session: Mutex<Session>,
 }
 
-/// The CipherTrust error body's message, if the answer has one.
+/// The CipherTrust error body's message, if the answer has one. Anything else (a proxy's
+/// HTML page, say) is not passed on: it could carry anything.
 fn error_message(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
@@ -58,9 +60,26 @@ fn error_message(body: &str) -> String {
             v["message"]
                 .as_str()
                 .or_else(|| v["codeDesc"].as_str())
-                .map(str::to_owned)
+                .map(|m| m.chars().take(300).collect())
         })
-        .unwrap_or_else(|| body.chars().take(200).collect())
+        .unwrap_or_else(|| {
+            format!(
+                "the answer is not a CipherTrust error ({} bytes)",
+                body.len()
+            )
+        })
+}
+
+/// A token grant, serialised straight from borrowed secrets (no intermediate copies).
+#[derive(serde::Serialize)]
+struct Grant<'a> {
+    grant_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
 }
 
 impl CmClient {
@@ -80,6 +99,8 @@ impl CmClient {
                     ca.display()
                 ))
             })?;
+            // Only the configured CAs: the CM's certificate is pinned to them.
+            builder = builder.tls_built_in_root_certs(false);
             for cert in reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| CmError::Setup(format!("{}: {e}", key("ca_file"))))?
             {
@@ -136,17 +157,22 @@ impl CmClient {
     /// `POST /api/v1/auth/tokens` with a grant; returns (jwt, lifetime, refresh token).
     async fn grant(
         &self,
-        body: Value,
+        grant: Grant<'_>,
     ) -> Result<(SecretString, Duration, Option<SecretString>), CmError> {
+        let payload = Zeroizing::new(
+            serde_json::to_vec(&grant)
+                .map_err(|e| CmError::Setup(format!("external CM {}: {e}", self.name)))?,
+        );
         let resp = self
             .http
             .post(self.url("/api/v1/auth/tokens")?)
-            .json(&body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(payload.to_vec())
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| self.unreachable(e))?;
+        let text = Zeroizing::new(resp.text().await.map_err(|e| self.unreachable(e))?);
         if status.as_u16() == 401 || status.as_u16() == 403 || status.as_u16() == 400 {
             return Err(CmError::Credentials {
                 cm: self.name.clone(),
@@ -160,21 +186,24 @@ impl CmClient {
                 message: error_message(&text),
             });
         }
-        let v: Value = serde_json::from_str(&text).map_err(|_| CmError::Refused {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            jwt: Option<SecretString>,
+            duration: Option<u64>,
+            refresh_token: Option<SecretString>,
+        }
+        let v: Answer = serde_json::from_str(&text).map_err(|_| CmError::Refused {
             cm: self.name.clone(),
             status: status.as_u16(),
-            message: "the token answer is not JSON".into(),
+            message: "the token answer is not the expected JSON".into(),
         })?;
-        let jwt = v["jwt"].as_str().ok_or_else(|| CmError::Refused {
+        let jwt = v.jwt.ok_or_else(|| CmError::Refused {
             cm: self.name.clone(),
             status: status.as_u16(),
             message: "the token answer has no jwt".into(),
         })?;
-        let duration = Duration::from_secs(v["duration"].as_u64().unwrap_or(300));
-        let refresh = v["refresh_token"]
-            .as_str()
-            .map(|r| SecretString::from(r.to_owned()));
-        Ok((SecretString::from(jwt.to_owned()), duration, refresh))
+        let duration = Duration::from_secs(v.duration.unwrap_or(300));
+        Ok((jwt, duration, v.refresh_token))
     }
 
     /// A JWT valid for at least `renew_before` (refresh grant first, password grant after).
@@ -189,7 +218,12 @@ impl CmClient {
         let mut last = None;
         if let Some(r) = s.refresh.clone() {
             match self
-                .grant(json!({"grant_type": "refresh_token", "refresh_token": r.expose_secret()}))
+                .grant(Grant {
+                    grant_type: "refresh_token",
+                    username: None,
+                    password: None,
+                    refresh_token: Some(r.expose_secret()),
+                })
                 .await
             {
                 Ok((jwt, life, refresh)) => {
@@ -210,7 +244,12 @@ impl CmClient {
                     .read_string()
                     .map_err(|e| CmError::Setup(format!("external CM {}: {e}", self.name)))?;
                 let (jwt, life, refresh) = self
-                    .grant(json!({"grant_type": "password", "username": user, "password": password.expose_secret()}))
+                    .grant(Grant {
+                        grant_type: "password",
+                        username: Some(user),
+                        password: Some(password.expose_secret()),
+                        refresh_token: None,
+                    })
                     .await?;
                 s.jwt = Some((jwt.clone(), Instant::now() + life));
                 s.refresh = refresh;

@@ -73,6 +73,16 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("hsm-bridge: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -82,15 +92,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("hsm-bridge: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(hsm_bridge::http::server::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -106,15 +110,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("hsm-bridge: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(hsm_bridge::probe::run(&cfg)) {
                 Ok((report, all_ok)) => {

@@ -48,7 +48,8 @@ pub async fn run(cfg: &Config) -> Result<(Value, bool), TokenError> {
     Ok((
         json!({
             "tokens": tokens,
-            "transport_public_key": transport,
+            "transport_public_key": transport.as_ref().map(|t| &t.0),
+            "transport_public_key_fingerprint": transport.as_ref().map(|t| &t.1),
             "external_cm": remote["external_cm"],
             "dsm": remote["dsm"],
         }),
@@ -105,6 +106,11 @@ pub fn render(report: &Value) -> String {
             "transport public key of the bridge token (for wrapped exports to this bridge):\n",
         );
         out.push_str(pem);
+        if let Some(f) = report["transport_public_key_fingerprint"].as_str() {
+            out.push_str(&format!(
+                "fingerprint (for export.allowed_wrapping_keys): {f}\n"
+            ));
+        }
     }
     out
 }
@@ -262,7 +268,7 @@ pub async fn remotes(cfg: &Config, bridge: Option<Arc<Token>>) -> (Value, bool) 
     (json!({"external_cm": cms, "dsm": dsms}), all_ok)
 }
 
-async fn transport_pem(bridge: &Token) -> Result<Option<String>, String> {
+async fn transport_pem(bridge: &Token) -> Result<Option<(String, String)>, String> {
     bridge
         .run(|s| {
             let Some((public, _)) = ops::find_transport_key(s, ops::TRANSPORT_LABEL)? else {
@@ -270,7 +276,7 @@ async fn transport_pem(bridge: &Token) -> Result<Option<String>, String> {
             };
             let (m, e) = ops::rsa_public_parts(s, public)?;
             keys::rsa_spki_der(&m, &e)
-                .map(|d| Some(keys::spki_pem(&d)))
+                .map(|d| Some((keys::spki_pem(&d), keys::spki_fingerprint(&d))))
                 .map_err(TokenError::Refused)
         })
         .await
@@ -315,7 +321,7 @@ async fn probe_cm(
                 .find(|h| *h == OaepHash::Sha256)
                 .or(u.oaep.first().copied())
         });
-    let (Some(hash), Ok(Some(pem))) = (hash, transport_pem(bridge).await) else {
+    let (Some(hash), Ok(Some((pem, _)))) = (hash, transport_pem(bridge).await) else {
         steps.push("wrapping not checked: the bridge token has no transport key yet or proved no OAEP unwrap".into());
         return (
             json!({"name": cfg.name, "url": cfg.url, "steps": steps}),

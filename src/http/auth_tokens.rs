@@ -21,6 +21,38 @@ pub struct TokenService {
     pub users: Vec<UserConfig>,
     pub ttl_secs: u64,
     pub refresh_ttl_secs: u64,
+    /// Argon2 is deliberately costly: at most this many verifications run at once, so a flood
+    /// of password grants cannot take every blocking thread and all memory.
+    verifying: Arc<tokio::sync::Semaphore>,
+}
+
+const CONCURRENT_VERIFICATIONS: usize = 2;
+const VERIFICATION_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl TokenService {
+    pub fn new(
+        issuer: Option<Issuer>,
+        users: Vec<UserConfig>,
+        ttl_secs: u64,
+        refresh_ttl_secs: u64,
+    ) -> Self {
+        TokenService {
+            issuer,
+            users,
+            ttl_secs,
+            refresh_ttl_secs,
+            verifying: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS)),
+        }
+    }
+
+    /// The hash an unknown user's password is checked against: a configured user's, so the
+    /// work (and the time) is the same as for a known user. The result is ignored.
+    fn decoy_hash(&self) -> String {
+        self.users
+            .first()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| DECOY_HASH.to_owned())
+    }
 }
 
 pub type SharedTokens = Arc<TokenService>;
@@ -36,7 +68,7 @@ pub struct TokenRequest {
     domain: Option<String>,
 }
 
-/// Hashes verified against when the user is unknown, so the answer takes as long either way.
+/// Only used if no user is configured (then no token is issued anyway).
 const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0vQxMY3v3YKsVUmcqiiQkVf5TTzbY4SIyxQXgHQJb9c";
 
 fn wrong() -> ApiError {
@@ -69,8 +101,20 @@ pub async fn issue(
             let hash = user
                 .as_ref()
                 .map(|u| u.password_hash.clone())
-                .unwrap_or_else(|| DECOY_HASH.to_owned());
+                .unwrap_or_else(|| svc.decoy_hash());
+            let permit = tokio::time::timeout(
+                VERIFICATION_QUEUE_WAIT,
+                svc.verifying.clone().acquire_owned(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                ApiError::too_many_requests("too many password grants at once; retry later")
+            })?;
+            // The permit goes with the work: a caller hanging up does not free it early.
             let ok = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 use argon2::PasswordVerifier;
                 argon2::PasswordHash::new(&hash)
                     .map(|h| {
@@ -106,7 +150,7 @@ pub async fn issue(
                 ApiError::bad_request("the refresh_token grant needs refresh_token")
             })?;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let t = token.expose_secret().to_owned();
+            let t = zeroize::Zeroizing::new(token.expose_secret().to_owned());
             let found = state
                 .store
                 .call(move |c| crate::store::refresh::user_of(c, &t, now))

@@ -33,6 +33,7 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The request is valid but a token cannot do what it asks.
     Unprocessable,
+    TooManyRequests,
     Internal,
     BadGateway,
     Unavailable,
@@ -84,6 +85,11 @@ impl ErrorCode {
                 9,
                 "NCERRInvalidParamValue: the key cannot be processed",
             ),
+            ErrorCode::TooManyRequests => (
+                StatusCode::TOO_MANY_REQUESTS,
+                15,
+                "NCERRBadRequest: too many requests",
+            ),
             ErrorCode::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 14,
@@ -113,6 +119,7 @@ impl ErrorCode {
             413 => ErrorCode::PayloadTooLarge,
             415 => ErrorCode::UnsupportedMediaType,
             422 => ErrorCode::Unprocessable,
+            429 => ErrorCode::TooManyRequests,
             502 => ErrorCode::BadGateway,
             503 | 504 => ErrorCode::Unavailable,
             s if s < 500 => ErrorCode::BadRequest,
@@ -174,6 +181,9 @@ impl ApiError {
     }
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::Forbidden, m)
+    }
+    pub fn too_many_requests(m: impl Into<String>) -> Self {
+        Self::new(ErrorCode::TooManyRequests, m)
     }
 
     pub fn status(&self) -> StatusCode {

@@ -136,12 +136,12 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     } else {
         Some(Issuer::from_config(&cfg.auth).map_err(|e| ServeError::Setup(e.to_string()))?)
     };
-    let token_service = Arc::new(TokenService {
+    let token_service = Arc::new(TokenService::new(
         issuer,
-        users: cfg.users.clone(),
-        ttl_secs: cfg.auth.token_ttl_secs,
-        refresh_ttl_secs: cfg.auth.refresh_token_ttl_secs,
-    });
+        cfg.users.clone(),
+        cfg.auth.token_ttl_secs,
+        cfg.auth.refresh_token_ttl_secs,
+    ));
     let kms = Arc::new(KmsRegistry::new(&cfg.kms));
     let vault = Arc::new(Vault::new(tokens.vault().clone(), store.clone()));
     let live = LiveAttempts::default();
@@ -165,6 +165,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         kms: kms.clone(),
         tokens,
         token_service,
+        export: Arc::new(cfg.export.clone()),
         detailed_errors: cfg.logging.detailed_errors,
     };
     let router = app(state, cfg.server.max_body_bytes);

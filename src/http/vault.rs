@@ -67,7 +67,27 @@ pub async fn export(
     ApiJson(body): ApiJson<crate::vault::ExportBody>,
 ) -> Result<Json<Value>, ApiError> {
     tracing::info!(user = %caller.user, key = %id, "vault key export requested");
-    Ok(Json(state.vault.export(&id, body).await?))
+    let policy = &state.export;
+    if policy.allowed_groups.is_empty() {
+        return Err(ApiError::forbidden(
+            "exports are disabled on this bridge (export.allowed_groups is empty)",
+        ));
+    }
+    if !caller
+        .groups
+        .iter()
+        .any(|g| policy.allowed_groups.contains(g))
+    {
+        return Err(ApiError::forbidden(
+            "the token's groups may not export keys (export.allowed_groups)",
+        ));
+    }
+    Ok(Json(
+        state
+            .vault
+            .export(&id, body, &policy.allowed_wrapping_keys)
+            .await?,
+    ))
 }
 
 pub async fn delete(

@@ -57,6 +57,7 @@ pub mod op {
     pub const CREATE: u32 = 0x01;
     pub const LOCATE: u32 = 0x08;
     pub const GET: u32 = 0x0A;
+    pub const GET_ATTRIBUTES: u32 = 0x0B;
     pub const ACTIVATE: u32 = 0x12;
     pub const REVOKE: u32 = 0x13;
     pub const DESTROY: u32 = 0x14;
@@ -126,6 +127,14 @@ pub struct WrappedKey {
     pub algorithm: Option<u32>,
     pub length: Option<i32>,
     pub wrapped: Vec<u8>,
+}
+
+/// What Get Attributes says an object is.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectFacts {
+    pub object_type: Option<u32>,
+    pub algorithm: Option<u32>,
+    pub length: Option<i32>,
 }
 
 pub struct KmipClient {
@@ -312,6 +321,33 @@ impl KmipClient {
             .all(tag::UNIQUE_IDENTIFIER)
             .filter_map(|i| i.as_text().map(str::to_owned))
             .collect())
+    }
+
+    /// Object Type, Cryptographic Algorithm and Cryptographic Length of an object, asked for
+    /// before a wrapped Get so that a key of the wrong kind is refused without being sent.
+    pub async fn facts(&self, uid: &str) -> Result<ObjectFacts, KmipError> {
+        let names = [
+            "Object Type",
+            "Cryptographic Algorithm",
+            "Cryptographic Length",
+        ];
+        let mut payload = vec![Item::text(tag::UNIQUE_IDENTIFIER, uid)];
+        payload.extend(names.iter().map(|n| Item::text(tag::ATTRIBUTE_NAME, n)));
+        let answer = self
+            .call("Get Attributes", op::GET_ATTRIBUTES, payload)
+            .await?;
+        let mut facts = ObjectFacts::default();
+        for a in answer.all(tag::ATTRIBUTE) {
+            let name = a.child(tag::ATTRIBUTE_NAME).and_then(Item::as_text);
+            let value = a.child(tag::ATTRIBUTE_VALUE);
+            match name {
+                Some("Object Type") => facts.object_type = value.and_then(Item::as_enum),
+                Some("Cryptographic Algorithm") => facts.algorithm = value.and_then(Item::as_enum),
+                Some("Cryptographic Length") => facts.length = value.and_then(Item::as_int),
+                _ => {}
+            }
+        }
+        Ok(facts)
     }
 
     /// Get with a Key Wrapping Specification: the key comes back wrapped, never in the clear.

@@ -169,6 +169,22 @@ fn read_item(cur: &mut Cursor<&[u8]>, depth: usize) -> Result<Item, TtlvError> {
     }
     let tag = *TtlvTag::read(cur).map_err(malformed)?;
     let typ = TtlvType::read(cur).map_err(malformed)?;
+    if matches!(
+        typ,
+        TtlvType::BigInteger | TtlvType::TextString | TtlvType::ByteString
+    ) {
+        // The decoder allocates the declared length before reading: check it first.
+        let pos = cur.position() as usize;
+        let rest = cur.get_ref().len().saturating_sub(pos);
+        let declared = cur
+            .get_ref()
+            .get(pos..pos + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| TtlvError::Malformed("truncated length".into()))?;
+        if declared > rest - 4 {
+            return Err(TtlvError::Malformed("value longer than the message".into()));
+        }
+    }
     let value = match typ {
         TtlvType::Structure => {
             let mut len = [0u8; 4];
@@ -228,6 +244,19 @@ mod tests {
         assert_eq!(bytes.len() % 8, 0);
         assert_eq!(&bytes[..4], &[0x42, 0x00, 0x78, 0x01]);
         assert_eq!(Item::decode(&bytes).expect("decode"), m);
+    }
+
+    #[test]
+    fn refuses_a_declared_length_beyond_the_message() {
+        // A byte string (type 08) claiming 4 GiB in a 16-byte message.
+        let bytes = [
+            0x42, 0x00, 0x08, 0x08, 0xff, 0xff, 0xff, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8,
+        ];
+        assert!(Item::decode(&bytes).is_err());
+        let text = [
+            0x42, 0x00, 0x08, 0x07, 0x00, 0x00, 0x00, 0x09, 1, 2, 3, 4, 5, 6, 7, 8,
+        ];
+        assert!(Item::decode(&text).is_err());
     }
 
     #[test]

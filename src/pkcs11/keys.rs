@@ -421,6 +421,13 @@ pub fn ec_point_from_attribute(raw: &[u8]) -> Vec<u8> {
     }
 }
 
+/// `sha256:<hex>` of a SubjectPublicKeyInfo DER: how `export.allowed_wrapping_keys` and
+/// `hsm-bridge probe` name a wrapping key.
+pub fn spki_fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
+}
+
 pub fn spki_pem(der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);

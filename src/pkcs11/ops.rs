@@ -238,7 +238,7 @@ pub fn find_kek(
     match found.as_slice() {
         [] => Ok(None),
         [h] => {
-            let id = read_bytes(session, *h, AttributeType::Id)?.unwrap_or_default();
+            let id = read_facts(session, *h, &[AttributeType::Id])?.id;
             Ok(Some((*h, id)))
         }
         many => Err(TokenError::Refused(format!(
@@ -279,23 +279,7 @@ pub fn ensure_kek(session: &Session, label: &str) -> Result<(ObjectHandle, Vec<u
     Ok((h, id.to_vec()))
 }
 
-pub fn read_bytes(
-    session: &Session,
-    h: ObjectHandle,
-    at: AttributeType,
-) -> Result<Option<Vec<u8>>, TokenError> {
-    let attrs = session
-        .get_attributes(h, &[at])
-        .map_err(TokenError::ck("C_GetAttributeValue"))?;
-    Ok(attrs.into_iter().find_map(|a| match a {
-        Attribute::Id(v) | Attribute::Label(v) | Attribute::Value(v) | Attribute::Modulus(v) => {
-            Some(v)
-        }
-        _ => None,
-    }))
-}
-
-/// What the bridge needs to know about a key found in a source token.
+/// Attributes of a token object, as far as they were asked for and the token gave them.
 #[derive(Debug, Clone)]
 pub struct KeyFacts {
     pub class: ObjectClass,
@@ -305,22 +289,20 @@ pub struct KeyFacts {
     pub wrap_with_trusted: Option<bool>,
     pub label: String,
     pub id: Vec<u8>,
+    pub modulus: Option<Vec<u8>>,
+    pub public_exponent: Option<Vec<u8>>,
+    pub ec_point: Option<Vec<u8>>,
+    pub ec_params: Option<Vec<u8>>,
 }
 
-pub fn key_facts(session: &Session, h: ObjectHandle) -> Result<KeyFacts, TokenError> {
+/// Reads the `wanted` attributes of an object in one call.
+pub fn read_facts(
+    session: &Session,
+    h: ObjectHandle,
+    wanted: &[AttributeType],
+) -> Result<KeyFacts, TokenError> {
     let attrs = session
-        .get_attributes(
-            h,
-            &[
-                AttributeType::Class,
-                AttributeType::KeyType,
-                AttributeType::ValueLen,
-                AttributeType::Extractable,
-                AttributeType::WrapWithTrusted,
-                AttributeType::Label,
-                AttributeType::Id,
-            ],
-        )
+        .get_attributes(h, wanted)
         .map_err(TokenError::ck("C_GetAttributeValue"))?;
     let mut f = KeyFacts {
         class: ObjectClass::DATA,
@@ -330,6 +312,10 @@ pub fn key_facts(session: &Session, h: ObjectHandle) -> Result<KeyFacts, TokenEr
         wrap_with_trusted: None,
         label: String::new(),
         id: Vec::new(),
+        modulus: None,
+        public_exponent: None,
+        ec_point: None,
+        ec_params: None,
     };
     for a in attrs {
         match a {
@@ -340,10 +326,31 @@ pub fn key_facts(session: &Session, h: ObjectHandle) -> Result<KeyFacts, TokenEr
             Attribute::WrapWithTrusted(b) => f.wrap_with_trusted = Some(b),
             Attribute::Label(l) => f.label = String::from_utf8_lossy(&l).into_owned(),
             Attribute::Id(i) => f.id = i,
+            Attribute::Modulus(m) => f.modulus = Some(m),
+            Attribute::PublicExponent(e) => f.public_exponent = Some(e),
+            Attribute::EcPoint(p) => f.ec_point = Some(p),
+            Attribute::EcParams(p) => f.ec_params = Some(p),
             _ => {}
         }
     }
     Ok(f)
+}
+
+/// What the bridge needs to know about a key found in a source token.
+pub fn key_facts(session: &Session, h: ObjectHandle) -> Result<KeyFacts, TokenError> {
+    read_facts(
+        session,
+        h,
+        &[
+            AttributeType::Class,
+            AttributeType::KeyType,
+            AttributeType::ValueLen,
+            AttributeType::Extractable,
+            AttributeType::WrapWithTrusted,
+            AttributeType::Label,
+            AttributeType::Id,
+        ],
+    )
 }
 
 /// Keys of a class whose CKA_LABEL or (if `id` is given) CKA_ID matches.
@@ -509,21 +516,8 @@ pub fn public_key_spki(
     } else {
         vec![AttributeType::Modulus, AttributeType::PublicExponent]
     };
-    let attrs = session
-        .get_attributes(h, &wanted)
-        .map_err(TokenError::ck("C_GetAttributeValue (public key)"))?;
-    let mut modulus = None;
-    let mut exponent = None;
-    let mut point = None;
-    for a in attrs {
-        match a {
-            Attribute::Modulus(m) => modulus = Some(m),
-            Attribute::PublicExponent(e) => exponent = Some(e),
-            Attribute::EcPoint(p) => point = Some(p),
-            _ => {}
-        }
-    }
-    let spki = match (kind.curve(), modulus, exponent, point) {
+    let f = read_facts(session, h, &wanted)?;
+    let spki = match (kind.curve(), f.modulus, f.public_exponent, f.ec_point) {
         (Some(curve), _, _, Some(p)) => {
             keys::ec_spki_der(curve, &keys::ec_point_from_attribute(&p))
         }
@@ -552,27 +546,16 @@ pub fn private_key_kind(
     session: &Session,
     h: ObjectHandle,
 ) -> Result<Option<PrivateKind>, TokenError> {
-    let attrs = session
-        .get_attributes(
-            h,
-            &[
-                AttributeType::KeyType,
-                AttributeType::Modulus,
-                AttributeType::EcParams,
-            ],
-        )
-        .map_err(TokenError::ck("C_GetAttributeValue"))?;
-    let mut key_type = None;
-    let mut modulus = None;
-    let mut params = None;
-    for a in attrs {
-        match a {
-            Attribute::KeyType(k) => key_type = Some(k),
-            Attribute::Modulus(m) => modulus = Some(m),
-            Attribute::EcParams(p) => params = Some(p),
-            _ => {}
-        }
-    }
+    let f = read_facts(
+        session,
+        h,
+        &[
+            AttributeType::KeyType,
+            AttributeType::Modulus,
+            AttributeType::EcParams,
+        ],
+    )?;
+    let (key_type, modulus, params) = (f.key_type, f.modulus, f.ec_params);
     Ok(match key_type {
         Some(k) if k == KeyType::RSA => modulus.and_then(|m| {
             let first = m.iter().position(|b| *b != 0).unwrap_or(m.len());
@@ -583,6 +566,40 @@ pub fn private_key_kind(
             .map(PrivateKind::from_curve),
         _ => None,
     })
+}
+
+/// What an unwrapped object must turn out to be.
+#[derive(Clone, Copy, Debug)]
+pub enum Expected {
+    SecretLen(usize),
+    Private(PrivateKind),
+}
+
+/// Checks a freshly unwrapped object against what its sender said it was: an unwrap that
+/// "succeeds" into a key of another size or type must not travel on to AWS. Tokens that do
+/// not answer (SoftHSM2 reports 0 as the length of unwrapped secrets) are not held to it.
+pub fn check_unwrapped(
+    session: &Session,
+    h: ObjectHandle,
+    expected: Expected,
+) -> Result<(), TokenError> {
+    match expected {
+        Expected::SecretLen(want) => {
+            let len = read_facts(session, h, &[AttributeType::ValueLen])?.value_len;
+            match len {
+                Some(l) if l != 0 && l != want as u64 => Err(TokenError::Refused(format!(
+                    "the unwrapped key is {l} bytes, not the {want} announced"
+                ))),
+                _ => Ok(()),
+            }
+        }
+        Expected::Private(want) => match private_key_kind(session, h)? {
+            Some(k) if k != want => Err(TokenError::Refused(format!(
+                "the unwrapped key is {k}, not the {want} announced"
+            ))),
+            _ => Ok(()),
+        },
+    }
 }
 
 /// Keys, certificates and data objects this process sees in the token: (token objects,
@@ -709,19 +726,12 @@ pub fn rsa_public_parts(
     session: &Session,
     h: ObjectHandle,
 ) -> Result<(Vec<u8>, Vec<u8>), TokenError> {
-    let attrs = session
-        .get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])
-        .map_err(TokenError::ck("C_GetAttributeValue (RSA public key)"))?;
-    let mut m = None;
-    let mut e = None;
-    for a in attrs {
-        match a {
-            Attribute::Modulus(v) => m = Some(v),
-            Attribute::PublicExponent(v) => e = Some(v),
-            _ => {}
-        }
-    }
-    match (m, e) {
+    let f = read_facts(
+        session,
+        h,
+        &[AttributeType::Modulus, AttributeType::PublicExponent],
+    )?;
+    match (f.modulus, f.public_exponent) {
         (Some(m), Some(e)) => Ok((m, e)),
         _ => Err(TokenError::Refused(
             "the token did not give the RSA public key".into(),

@@ -95,8 +95,34 @@ impl Materialize for Fetched {
                 )?
             }
         };
+        ops::check_unwrapped(s, obj.handle(), ops::Expected::SecretLen(32))
+            .map_err(|e| TokenError::Refused(format!("the key from DSM {}: {e}", self.dsm)))?;
         Ok(InToken::Transient(obj))
     }
+}
+
+/// Only AES-256 symmetric keys travel from a DSM.
+fn check_facts(what: &str, f: &kmip::ObjectFacts) -> Result<(), DomainError> {
+    if f.object_type != Some(kmip::OBJECT_SYMMETRIC_KEY) {
+        return Err(DomainError::Invalid(format!(
+            "source_key_identifier: {what} is not a symmetric key; DSM uploads are AES-256 only"
+        )));
+    }
+    if f.algorithm != Some(kmip::ALG_AES) {
+        return Err(DomainError::Invalid(format!(
+            "source_key_identifier: {what} is a {} key; DSM uploads are AES only",
+            f.algorithm
+                .map(kmip::algorithm_name)
+                .unwrap_or_else(|| "non-AES".into())
+        )));
+    }
+    if f.length != Some(256) {
+        return Err(DomainError::Invalid(format!(
+            "source_key_identifier: {what} is AES-{}; SYMMETRIC_DEFAULT takes AES-256",
+            f.length.unwrap_or_default()
+        )));
+    }
+    Ok(())
 }
 
 impl DsmTier {
@@ -144,6 +170,19 @@ impl Tier for DsmTier {
         let mut hits = Vec::new();
         for (dsm, key) in candidates {
             let uid = Self::uid(&dsm, key).await?;
+            let facts = match dsm.client.facts(&uid).await {
+                Ok(f) => f,
+                Err(e) if e.not_found() && several => continue,
+                Err(e) if e.not_found() => {
+                    return Err(DomainError::NotFound(format!(
+                        "source_key_identifier: DSM {} has no key `{key}`",
+                        dsm.cfg.name
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let what = format!("DSM {} key `{key}`", dsm.cfg.name);
+            check_facts(&what, &facts)?;
             let wrapping = match dsm.cfg.wrapping {
                 DsmWrapping::AesKw => {
                     let name = dsm.cfg.kek_name.clone().unwrap_or_default();
@@ -155,6 +194,11 @@ impl Tier for DsmTier {
                             found.len()
                         )));
                     };
+                    if *kek == uid {
+                        return Err(DomainError::Invalid(format!(
+                            "source_key_identifier: {what} is the KEK this bridge shares with the DSM; it is never uploaded"
+                        )));
+                    }
                     KeyWrapping::AesKeyWrap {
                         kek_uid: kek.clone(),
                     }
@@ -168,11 +212,17 @@ impl Tier for DsmTier {
                             dsm.cfg.name
                         )));
                     };
-                    let sha256 = self
+                    // KMIP 1.2 names the OAEP hash but not the MGF1 hash, which servers
+                    // take to be SHA-1 or the same hash: SHA-1 for both is the only reading
+                    // every server shares, so it is used whenever the token proved it.
+                    let proven = self
                         .bridge
                         .capabilities()
                         .and_then(|c| c.unwrap.as_ref())
-                        .is_some_and(|u| u.oaep.contains(&OaepHash::Sha256));
+                        .map(|u| u.oaep.clone())
+                        .unwrap_or_default();
+                    let sha256 =
+                        !proven.contains(&OaepHash::Sha1) && proven.contains(&OaepHash::Sha256);
                     KeyWrapping::RsaOaep {
                         public_uid: public.clone(),
                         sha256,
@@ -205,23 +255,19 @@ impl Tier for DsmTier {
             }
         };
         let what = format!("DSM {} key `{identifier}`", dsm.cfg.name);
-        if key.object_type != Some(kmip::OBJECT_SYMMETRIC_KEY) {
-            return Err(DomainError::Invalid(format!(
-                "source_key_identifier: {what} is not a symmetric key; DSM uploads are AES-256 only"
-            )));
-        }
-        if key.algorithm != Some(kmip::ALG_AES) {
-            return Err(DomainError::Invalid(format!(
-                "source_key_identifier: {what} is a {} key; DSM uploads are AES only",
-                key.algorithm
-                    .map(kmip::algorithm_name)
-                    .unwrap_or_else(|| "non-AES".into())
-            )));
-        }
-        if key.length != Some(256) {
-            return Err(DomainError::Invalid(format!(
-                "source_key_identifier: {what} is AES-{}; SYMMETRIC_DEFAULT takes AES-256",
-                key.length.unwrap_or_default()
+        // The key block must say what Get Attributes said.
+        check_facts(
+            &what,
+            &kmip::ObjectFacts {
+                object_type: key.object_type,
+                algorithm: key.algorithm,
+                length: key.length,
+            },
+        )?;
+        if matches!(wrapping, KeyWrapping::AesKeyWrap { .. }) && key.wrapped.len() != 40 {
+            return Err(DomainError::Upstream(format!(
+                "{what}: the DSM sent {} bytes where RFC 3394 wraps AES-256 in 40",
+                key.wrapped.len()
             )));
         }
         let unwrap = match wrapping {

@@ -43,7 +43,8 @@ struct Transported {
 
 #[derive(Clone, Copy)]
 enum Transport {
-    Secret(SecretKind),
+    /// `len`: the size in bytes the CM announced.
+    Secret { kind: SecretKind, len: usize },
     Private {
         kind: PrivateKind,
         kwp: RawMechanism,
@@ -55,7 +56,7 @@ impl Materialize for Transported {
         let (public, private) = ops::find_transport_key(s, &self.transport_label)?
             .ok_or_else(|| TokenError::Refused("the bridge token has no transport key".into()))?;
         let obj = match self.shape {
-            Transport::Secret(kind) => {
+            Transport::Secret { kind, .. } => {
                 ops::oaep_unwrap_secret(s, self.hash, private, &self.blob, kind)
             }
             Transport::Private { kind, kwp } => {
@@ -75,6 +76,13 @@ impl Materialize for Transported {
             TokenError::Refused(format!(
                 "the key exported by the external CM does not unwrap under the transport key ({e})"
             ))
+        })?;
+        let expected = match self.shape {
+            Transport::Secret { len, .. } => ops::Expected::SecretLen(len),
+            Transport::Private { kind, .. } => ops::Expected::Private(kind),
+        };
+        ops::check_unwrapped(s, obj.handle(), expected).map_err(|e| {
+            TokenError::Refused(format!("the key exported by the external CM: {e}"))
         })?;
         Ok(InToken::Transient(obj))
     }
@@ -99,7 +107,10 @@ fn check_metadata(meta: &Value, spec: KeySpec, what: &str) -> Result<Transport, 
                     "{alg} {size} bits (SYMMETRIC_DEFAULT takes AES-256)"
                 )));
             }
-            Ok(Transport::Secret(SecretKind::Aes))
+            Ok(Transport::Secret {
+                kind: SecretKind::Aes,
+                len: 32,
+            })
         }
         SpecFamily::Hmac => {
             let want = match spec {
@@ -112,7 +123,10 @@ fn check_metadata(meta: &Value, spec: KeySpec, what: &str) -> Result<Transport, 
                 return Err(mismatch(format!("{alg} {size} bits")));
             }
             check_secret_len(spec, size / 8, what)?;
-            Ok(Transport::Secret(SecretKind::Hmac))
+            Ok(Transport::Secret {
+                kind: SecretKind::Hmac,
+                len: size / 8,
+            })
         }
         SpecFamily::Rsa | SpecFamily::Ecc => {
             let kind = match alg.as_str() {
@@ -198,7 +212,7 @@ impl Tier for ExternalCmTier {
                 .or_else(|| proven.first().copied())
         };
         let (hash, request) = match &mut shape {
-            Transport::Secret(_) => {
+            Transport::Secret { .. } => {
                 let hash = pick(&caps.oaep).ok_or_else(|| {
                     DomainError::Unprocessable(format!(
                         "token {} proved no RSA-OAEP unwrap",
@@ -273,7 +287,7 @@ impl Tier for ExternalCmTier {
             local_key_name: key_name,
             private: match shape {
                 Transport::Private { kind, .. } => Some(kind),
-                Transport::Secret(_) => None,
+                Transport::Secret { .. } => None,
             },
             material: transported,
         })

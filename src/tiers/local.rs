@@ -87,6 +87,12 @@ impl Tier for LocalTier {
                 row.token_serial
             )));
         }
+        // Unwrap once now: a missing or replaced KEK is refused before anything reaches AWS.
+        let probe = row.clone();
+        token
+            .run(move |s| crate::vault::unwrap_into(s, &probe).map(|_| ()))
+            .await
+            .map_err(DomainError::token(&token.name))?;
         Ok(ResolvedSource {
             token,
             local_key_id: row.id.clone(),

@@ -581,7 +581,7 @@ pub fn render(r: &VaultKeyRow) -> Value {
         "size": r.size,
         "unexportable": extra.get("unexportable").and_then(Value::as_bool).unwrap_or(false),
         "undeletable": extra.get("undeletable").and_then(Value::as_bool).unwrap_or(false),
-        "neverExported": true,
+        "neverExported": extra.get("exported").and_then(Value::as_bool) != Some(true),
         "neverExportable": false,
         "emptyMaterial": false,
         "objectType": if private { "Private Key" } else { "Symmetric Key" },
@@ -626,30 +626,18 @@ pub fn unwrap_into<'s>(
     let mech = RawMechanism::new(row.wrap_mechanism);
     let shape = Shape::of(row)
         .ok_or_else(|| TokenError::Refused(format!("vault key {} has an unknown kind", row.id)))?;
-    let kind = match shape {
-        Shape::Private(kind) => {
-            return ops::kwp_unwrap_private(session, mech, kek, &row.wrapped, kind);
-        }
-        Shape::Secret { kind, .. } => kind,
+    let (obj, expected) = match shape {
+        Shape::Private(kind) => (
+            ops::kwp_unwrap_private(session, mech, kek, &row.wrapped, kind)?,
+            ops::Expected::Private(kind),
+        ),
+        Shape::Secret { kind, .. } => (
+            ops::kwp_unwrap_secret(session, mech, kek, &row.wrapped, kind)?,
+            ops::Expected::SecretLen(row.value_len as usize),
+        ),
     };
-    let obj = ops::kwp_unwrap_secret(session, mech, kek, &row.wrapped, kind)?;
-    let len = session
-        .get_attributes(obj.handle(), &[cryptoki::object::AttributeType::ValueLen])
-        .map_err(TokenError::ck("C_GetAttributeValue"))?
-        .into_iter()
-        .find_map(|a| match a {
-            cryptoki::object::Attribute::ValueLen(l) => Some(u64::from(l)),
-            _ => None,
-        });
-    // Some tokens (SoftHSM2) report 0 for unwrapped keys: only a definite answer is checked.
-    if len.is_some_and(|l| l != 0 && l != u64::from(row.value_len)) {
-        return Err(TokenError::Refused(format!(
-            "vault key {} came back from the token with {} bytes instead of {}",
-            row.id,
-            len.unwrap_or_default(),
-            row.value_len
-        )));
-    }
+    ops::check_unwrapped(session, obj.handle(), expected)
+        .map_err(|e| TokenError::Refused(format!("vault key {}: {e}", row.id)))?;
     Ok(obj)
 }
 
@@ -704,7 +692,14 @@ fn rsa_public_from_pem(pem: &str) -> Result<rsa::RsaPublicKey, DomainError> {
 }
 
 impl Vault {
-    pub async fn export(&self, id_or_name: &str, body: ExportBody) -> Result<Value, DomainError> {
+    /// A wrapped export, done inside the bridge token. `allowed` lists the fingerprints of the
+    /// only wrapping keys accepted (empty: any).
+    pub async fn export(
+        &self,
+        id_or_name: &str,
+        body: ExportBody,
+        allowed: &[String],
+    ) -> Result<Value, DomainError> {
         use rsa::traits::PublicKeyParts;
         let row = self
             .get_row(id_or_name)
@@ -728,6 +723,18 @@ impl Vault {
             )));
         }
         let public = rsa_public_from_pem(pem)?;
+        let fingerprint = {
+            use rsa::pkcs8::EncodePublicKey;
+            let der = public
+                .to_public_key_der()
+                .map_err(|e| DomainError::Invalid(format!("wrapPublicKey: {e}")))?;
+            crate::pkcs11::keys::spki_fingerprint(der.as_bytes())
+        };
+        if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(&fingerprint)) {
+            return Err(DomainError::Forbidden(format!(
+                "exports to wrapping key {fingerprint} are not allowed (export.allowed_wrapping_keys)"
+            )));
+        }
         let shape = Shape::of(&row).ok_or_else(|| {
             DomainError::Internal(format!("vault key {} has an unknown kind", row.id))
         })?;
@@ -801,7 +808,20 @@ impl Vault {
             })
             .await
             .map_err(DomainError::token(&self.token.name))?;
-        tracing::info!(key = %row.id, name = %row.name, "vault key exported wrapped");
+        tracing::info!(key = %row.id, name = %row.name, wrapping_key = %fingerprint, "vault key exported wrapped");
+        let id = row.id.clone();
+        self.store
+            .call(move |c| {
+                Ok(c.execute(
+                    "UPDATE vault_keys SET extra = json_set(extra, '$.exported', json('true')) WHERE id = ?1",
+                    [id],
+                )?)
+            })
+            .await?;
+        let mut row = row;
+        let mut extra: Value = serde_json::from_str(&row.extra).unwrap_or_else(|_| json!({}));
+        extra["exported"] = json!(true);
+        row.extra = extra.to_string();
         let mut v = render(&row);
         v["material"] = json!(hex::encode(wrapped));
         v["wrapped"] = json!(true);

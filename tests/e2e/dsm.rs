@@ -79,6 +79,11 @@ async fn dsm_aes_keys_upload_wrapped_and_everything_else_is_refused() {
         ),
         (body("dsm:no-such-key", "x"), 404, "has no key"),
         (
+            body(&format!("dsm:{kek_name}"), "x"),
+            400,
+            "is the KEK this bridge shares with the DSM; it is never uploaded",
+        ),
+        (
             body(&format!("wrongkek:{aes_name}"), "x"),
             502,
             "does not unwrap under the bridge token's KEK",

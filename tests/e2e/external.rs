@@ -39,7 +39,7 @@ fn hash_password(pw: &str) -> String {
 
 fn users_toml(password: &str) -> String {
     format!(
-        "\n[[users]]\nname = \"{CM_USER}\"\npassword_hash = \"{}\"\ngroups = [\"{GROUP}\"]\n",
+        "\n[[users]]\nname = \"{CM_USER}\"\npassword_hash = \"{}\"\ngroups = [\"{GROUP}\"]\n\n[export]\nallowed_groups = [\"{GROUP}\"]\n",
         hash_password(password)
     )
 }
@@ -87,7 +87,7 @@ async fn pair(
     cred: Option<Cred>,
     kms: Option<String>,
 ) -> Pair {
-    let password = format!("pw-{}", world().next());
+    let password = format!("pw-{}", hex::encode(secret(16)));
     let cm = Bridge::start(
         &Tokens::on(family),
         Opts {
@@ -300,7 +300,7 @@ async fn external_cm_on_softhsm_secret_keys_and_what_sha1_allows() {
             prove_hmac(&kms, &key, spec, &material).await;
         }
     }
-    // P-384 goes SoftHSM -> SoftHSM with RSA-AES key wrap over SHA-1, and on to AWS with
+    // P-384 and secp256k1 go SoftHSM -> SoftHSM with RSA-AES key wrap over SHA-1, and on to AWS with
     // RSA_AES_KEY_WRAP_SHA_1, which LocalStack refuses: proven by a software unwrap of what
     // the uploading bridge imported, with a test wrapping key handed to it.
     let test_key = match material(&openssl_key(PrivateKind::Rsa2048)) {
@@ -315,33 +315,36 @@ async fn external_cm_on_softhsm_secret_keys_and_what_sha1_allows() {
             .as_bytes()
             .to_vec(),
     );
-    let der = openssl_key(PrivateKind::EcP384);
-    let (s, v) =
-        p.cm.post(
-            "/api/v1/vault/keys2",
-            &json!({"name": "p384", "algorithm": "ec", "material": pkcs8_pem(&der)}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, r) =
-        p.up.upload(upload_body(
-            &p.up,
-            "p384",
-            "ECC_NIST_P384",
-            None,
-            "soft/p384",
-        ))
-        .await;
-    assert!(
-        s.is_server_error()
-            && r["message"]
-                .as_str()
-                .expect("msg")
-                .contains("ImportKeyMaterial"),
-        "{s} {r}"
-    );
-    let blob = kms_wire.captured().pop().expect("imported material");
-    {
+    for (kind, name, spec) in [
+        (PrivateKind::EcP384, "p384", "ECC_NIST_P384"),
+        (PrivateKind::EcSecp256k1, "secp256k1", "ECC_SECG_P256K1"),
+    ] {
+        let der = openssl_key(kind);
+        let (s, v) =
+            p.cm.post(
+                "/api/v1/vault/keys2",
+                &json!({"name": name, "algorithm": "ec", "material": pkcs8_pem(&der)}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, r) =
+            p.up.upload(upload_body(
+                &p.up,
+                name,
+                spec,
+                None,
+                &format!("soft/{name}"),
+            ))
+            .await;
+        assert!(
+            s.is_server_error()
+                && r["message"]
+                    .as_str()
+                    .expect("msg")
+                    .contains("ImportKeyMaterial"),
+            "{s} {r}"
+        );
+        let blob = kms_wire.captured().pop().expect("imported material");
         use rsa::traits::PublicKeyParts;
         let k = test_key.size();
         let eph = test_key
@@ -353,10 +356,10 @@ async fn external_cm_on_softhsm_secret_keys_and_what_sha1_allows() {
             .expect("RFC 5649");
         assert!(
             material(&out).same_key(&material(&der)),
-            "the wrapped material is the CM's key"
+            "the wrapped {kind} material is the CM's key"
         );
         eprintln!(
-            "proof for external-cm EC P-384 on SoftHSM2: software unwrap with a test wrapping key"
+            "proof for external-cm {kind} on SoftHSM2: software unwrap with a test wrapping key"
         );
     }
     // An uploader that holds only a refresh token (refresh_token_file) works the same.
@@ -493,56 +496,9 @@ async fn external_cm_credential_failures_and_wrong_key_types_are_clear() {
     p.cm.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jwt_expiring_mid_upload_is_renewed_without_failing_it() {
-    // The CM's JWTs live 1 s (plus the 5 s leeway of its checks); the export is held 7 s on
-    // the wire, so the JWT the uploader sent has expired when it arrives.
-    let p = pair(
-        Family::SoftHsm,
-        vec![("HSM_BRIDGE__AUTH__TOKEN_TTL_SECS".into(), "1".into())],
-        None,
-        None,
-    )
-    .await;
-    let material = secret(32);
-    let id = p.cm.vault_import("renewed", "aes", &material).await;
-    p.wire
-        .on_containing("/export", Fault::DelayOnce(Duration::from_secs(7)));
-    let (s, r) =
-        p.up.upload(upload_body(
-            &p.up,
-            &id,
-            "SYMMETRIC_DEFAULT",
-            None,
-            "renewed",
-        ))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{r}");
-    prove_aes(
-        &p.up.kms().await,
-        r["aws_param"]["KeyID"].as_str().expect("id"),
-        &material,
-    )
-    .await;
-    let ops: Vec<(String, u16)> = p
-        .wire
-        .exchanges()
-        .iter()
-        .map(|e| (e.op.clone(), e.status))
-        .collect();
-    let exports: Vec<u16> = ops
-        .iter()
-        .filter(|(o, _)| o.ends_with("/export"))
-        .map(|(_, s)| *s)
-        .collect();
-    assert_eq!(
-        exports,
-        [401, 200],
-        "refused once with the expired JWT, then served: {ops:?}"
-    );
-    let grants = p
-        .wire
-        .exchanges()
+/// The grant types of every token request on the wire, in order.
+fn grants(wire: &FaultProxy) -> Vec<String> {
+    wire.exchanges()
         .iter()
         .filter(|e| e.op == "/api/v1/auth/tokens")
         .map(|e| {
@@ -551,18 +507,109 @@ async fn a_jwt_expiring_mid_upload_is_renewed_without_failing_it() {
                 .unwrap_or("")
                 .to_owned()
         })
-        .collect::<Vec<_>>();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_expiring_mid_upload_is_renewed_without_failing_it() {
+    // The CM's JWTs live 1 s (its checks allow 5 s of clock skew). The uploader renews only
+    // when a JWT has expired by its own clock (renew_before_secs = 0).
+    let password = format!("pw-{}", hex::encode(secret(16)));
+    let cm = Bridge::start(
+        &Tokens::new(),
+        Opts {
+            extra_toml: users_toml(&password),
+            env: vec![("HSM_BRIDGE__AUTH__TOKEN_TTL_SECS".into(), "1".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let wire = FaultProxy::start_to(cm.url.clone()).await;
+    let up = Bridge::start(
+        &Tokens::new(),
+        Opts {
+            extra_toml: cm_toml(&wire.url, Cred::Password(password), 0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let kms = up.kms().await;
+
+    // 1. The export is held 7 s on the wire: the JWT it carries has expired when the CM sees
+    //    it. The CM answers 401, the uploader renews with its refresh token and retries.
+    let material = secret(32);
+    let id = cm.vault_import("renewed", "aes", &material).await;
+    wire.on_containing("/export", Fault::DelayOnce(Duration::from_secs(7)));
+    let (s, r) = up
+        .upload(upload_body(&up, &id, "SYMMETRIC_DEFAULT", None, "renewed"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    prove_aes(
+        &kms,
+        r["aws_param"]["KeyID"].as_str().expect("id"),
+        &material,
+    )
+    .await;
+    let statuses = |wire: &FaultProxy| -> Vec<u16> {
+        wire.exchanges()
+            .iter()
+            .filter(|e| e.op.ends_with("/export"))
+            .map(|e| e.status)
+            .collect()
+    };
     assert_eq!(
-        grants.first().map(String::as_str),
-        Some("password"),
-        "{grants:?}"
+        statuses(&wire),
+        [401, 200],
+        "refused once with the expired JWT, then served"
     );
-    assert!(
-        grants.iter().any(|g| g == "refresh_token"),
-        "renewed with the refresh token: {grants:?}"
+    assert_eq!(
+        grants(&wire),
+        ["password", "refresh_token"],
+        "renewed with the refresh token"
     );
-    p.up.finish().await;
-    p.cm.finish().await;
+
+    // 2. Later, the uploader's JWT has expired by its own clock: it renews before calling, so
+    //    the CM never sees an expired JWT.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let material = secret(32);
+    let id = cm.vault_import("ahead", "aes", &material).await;
+    let (s, r) = up
+        .upload(upload_body(&up, &id, "SYMMETRIC_DEFAULT", None, "ahead"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    prove_aes(
+        &kms,
+        r["aws_param"]["KeyID"].as_str().expect("id"),
+        &material,
+    )
+    .await;
+    assert_eq!(statuses(&wire), [401, 200, 200], "no second 401");
+    assert_eq!(
+        grants(&wire)[2],
+        "refresh_token",
+        "renewed ahead of the call"
+    );
+
+    // The JWTs and refresh tokens that crossed the wire reach neither daemon's logs.
+    let issued: Vec<Vec<u8>> = wire
+        .exchanges()
+        .iter()
+        .filter(|e| e.op == "/api/v1/auth/tokens")
+        .flat_map(|e| {
+            let v: Value = serde_json::from_slice(&e.response).unwrap_or_default();
+            [v["jwt"].as_str(), v["refresh_token"].as_str()]
+                .into_iter()
+                .flatten()
+                .map(|t| t.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(issued.len() >= 4, "{} tokens seen", issued.len());
+    for b in [&up, &cm] {
+        assert_no_material_in("a daemon's logs", &b.logs(), &issued);
+    }
+    up.finish().await;
+    cm.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,7 +619,7 @@ async fn probe_checks_each_cm_and_dsm_end_to_end() {
     let kek = secret(32);
     let kek_name = format!("probe-kek-{n}");
     k.register(&kek_name, "aes", &kek, true);
-    let password = format!("pw-{n}");
+    let password = format!("pw-{}", hex::encode(secret(16)));
     let cm = Bridge::start(
         &Tokens::new(),
         Opts {

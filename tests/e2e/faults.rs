@@ -47,6 +47,23 @@ async fn attempts(b: &Bridge) -> Vec<Value> {
     v["resources"].as_array().expect("resources").clone()
 }
 
+/// Waits for the (only) attempt to be settled as cleaned, naming the key.
+async fn wait_until_cleaned(b: &Bridge, key_id: &str) {
+    let start = Instant::now();
+    loop {
+        let a = attempts(b).await;
+        if a[0]["state"] == "cleaned" {
+            assert_eq!(a[0]["aws_key_id"], key_id);
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "attempt not settled: {a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn wait_for_state(b: &Bridge, key_id: &str, want: &str, within: Duration) {
     let kms = b.kms().await;
     let start = Instant::now();
@@ -164,19 +181,7 @@ async fn a_lost_create_key_answer_is_found_by_its_tag_and_cleaned_up() {
     assert!(a[0]["aws_key_id"].is_null());
     proxy.heal();
     wait_for_state(&b, &key_id, "PendingDeletion", Duration::from_secs(20)).await;
-    let start = Instant::now();
-    loop {
-        let a = attempts(&b).await;
-        if a[0]["state"] == "cleaned" {
-            assert_eq!(a[0]["aws_key_id"], key_id.as_str());
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "attempt not settled: {a:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_cleaned(&b, &key_id).await;
     b.finish().await;
 }
 
@@ -215,18 +220,6 @@ async fn a_daemon_killed_mid_upload_cleans_up_after_restart() {
 
     b.launch().await;
     wait_for_state(&b, &key_id, "PendingDeletion", Duration::from_secs(20)).await;
-    let start = Instant::now();
-    loop {
-        let a = attempts(&b).await;
-        if a[0]["state"] == "cleaned" {
-            assert_eq!(a[0]["aws_key_id"], key_id.as_str());
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "attempt not settled: {a:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_cleaned(&b, &key_id).await;
     b.finish().await;
 }

@@ -116,19 +116,28 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// Sets the world up once; if that fails, every test fails at once with the same reason.
-pub fn world() -> &'static World {
-    match WORLD.get_or_init(|| {
-        std::panic::catch_unwind(build_world).map_err(|e| {
+/// Sets a shared part up once; if that fails, every test that needs it fails at once with
+/// the same reason.
+fn once<T>(
+    cell: &'static OnceLock<Result<T, String>>,
+    what: &str,
+    build: impl FnOnce() -> T,
+) -> &'static T {
+    match cell.get_or_init(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).map_err(|e| {
             e.downcast_ref::<String>()
                 .cloned()
                 .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                 .unwrap_or_else(|| "unknown failure".to_owned())
         })
     }) {
-        Ok(w) => w,
-        Err(why) => panic!("the test world could not be set up: {why}"),
+        Ok(v) => v,
+        Err(why) => panic!("{what} could not be set up: {why}"),
     }
+}
+
+pub fn world() -> &'static World {
+    once(&WORLD, "the test world", build_world)
 }
 
 fn load(family: Family) -> Lib {
@@ -194,26 +203,11 @@ fn build_world() -> World {
     let port = free_port();
     let emu_dir = dir.path().join("kms-emulator");
     std::fs::create_dir_all(&emu_dir).expect("emulator dir");
-    let mut child = Command::new("bash")
-        .arg(format!("{REPO}/softhsm-test/kms-emulator.sh"))
-        .arg("run")
-        .arg(port.to_string())
-        .arg(&emu_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the KMS emulator script");
-    let stdin = child.stdin.take().expect("emulator stdin");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("emulator stdout"))
-        .read_line(&mut line)
-        .expect("emulator output");
-    assert_eq!(
-        line.trim(),
-        "ready",
-        "the KMS emulator did not start (is it installed? run softhsm-test/install-deps.sh); see {}",
-        emu_dir.join("emulator.log").display()
+    let (child, stdin) = run_ready(
+        "kms-emulator.sh",
+        port,
+        &emu_dir,
+        "the KMS emulator did not start (is it installed? run softhsm-test/install-deps.sh)",
     );
     World {
         dir,
@@ -1409,47 +1403,44 @@ static KMIP: OnceLock<Result<Kmip, String>> = OnceLock::new();
 
 pub fn kmip() -> &'static Kmip {
     let w = world();
-    match KMIP.get_or_init(|| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let port = free_port();
-            let dir = w.dir.path().join("kmip");
-            std::fs::create_dir_all(&dir).expect("kmip dir");
-            let mut child = Command::new("bash")
-                .arg(format!("{REPO}/softhsm-test/kmip-server.sh"))
-                .arg("run")
-                .arg(port.to_string())
-                .arg(&dir)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start the KMIP server script");
-            let stdin = child.stdin.take().expect("stdin");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().expect("stdout"))
-                .read_line(&mut line)
-                .expect("kmip output");
-            assert_eq!(
-                line.trim(),
-                "ready",
-                "the KMIP server did not start (is PyKMIP installed? run softhsm-test/install-deps.sh)"
-            );
-            Kmip {
-                port,
-                dir,
-                _server: Mutex::new((child, stdin)),
-            }
-        }))
-        .map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "unknown failure".to_owned())
-        })
-    }) {
-        Ok(k) => k,
-        Err(why) => panic!("the KMIP server could not be set up: {why}"),
-    }
+    once(&KMIP, "the KMIP server", || {
+        let port = free_port();
+        let dir = w.dir.path().join("kmip");
+        std::fs::create_dir_all(&dir).expect("kmip dir");
+        let (child, stdin) = run_ready(
+            "kmip-server.sh",
+            port,
+            &dir,
+            "the KMIP server did not start (is PyKMIP installed? run softhsm-test/install-deps.sh)",
+        );
+        Kmip {
+            port,
+            dir,
+            _server: Mutex::new((child, stdin)),
+        }
+    })
+}
+
+/// Runs `softhsm-test/SCRIPT run PORT DIR` and waits for its "ready"; the script stops its
+/// server when our end of its stdin closes (when this process ends).
+fn run_ready(script: &str, port: u16, dir: &Path, failure: &str) -> (Child, ChildStdin) {
+    let mut child = Command::new("bash")
+        .arg(format!("{REPO}/softhsm-test/{script}"))
+        .arg("run")
+        .arg(port.to_string())
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {script}: {e}"));
+    let stdin = child.stdin.take().expect("stdin");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("script output");
+    assert_eq!(line.trim(), "ready", "{failure}; see {}", dir.display());
+    (child, stdin)
 }
 
 impl Kmip {

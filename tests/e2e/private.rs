@@ -81,7 +81,15 @@ async fn kryoptic_uploads_every_private_key_spec_from_both_tiers_proven_in_kms()
         put_private(&tokens.source, &format!("luna-{i}"), &der, true);
         luna.push(der);
     }
-    let b = Bridge::start(&tokens, Opts::default()).await;
+    // The largest wrapping key AWS offers: the OAEP layer is not tied to 2048 bits.
+    let b = Bridge::start(
+        &tokens,
+        Opts {
+            wrapping_key_spec: "RSA_4096",
+            ..Opts::default()
+        },
+    )
+    .await;
     let kms = b.kms().await;
     let before = object_counts(&b).await;
 

@@ -158,7 +158,19 @@ fn upload_body(bridge: &Bridge, tier: &str, source: &str, spec: &str, alias: &st
 
 async fn local_tier_uploads_every_secret_spec_and_kms_holds_the_source_key(family: Family) {
     let tokens = Tokens::on(family);
-    let mut b = Bridge::start(&tokens, Opts::default()).await;
+    // Each family imports under another wrapping key size.
+    let wrapping_key_spec = match family {
+        Family::SoftHsm => "RSA_2048",
+        Family::Kryoptic => "RSA_3072",
+    };
+    let mut b = Bridge::start(
+        &tokens,
+        Opts {
+            wrapping_key_spec,
+            ..Opts::default()
+        },
+    )
+    .await;
     let kms = b.kms().await;
     let objects = object_counts(&b).await;
     let mut secrets = Vec::new();

@@ -79,5 +79,124 @@ async fn vault_keys_are_created_listed_and_kept_across_restarts() {
         &material,
     )
     .await;
+
+    // Without an [export] section nobody may export, whatever the wrapping key.
+    let (s, r) = b
+        .post(
+            &format!("/api/v1/vault/keys2/{imported}/export"),
+            &json!({"wrapPublicKey": wrapping_pem(&test_rsa_key()), "wrapPublicKeyPadding": "oaep"}),
+        )
+        .await;
+    assert_error(s, &r, 403, "exports are disabled");
+    b.finish().await;
+}
+
+fn test_rsa_key() -> rsa::RsaPrivateKey {
+    rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("software RSA key")
+}
+
+fn wrapping_pem(k: &rsa::RsaPrivateKey) -> String {
+    use rsa::pkcs8::EncodePublicKey;
+    k.to_public_key()
+        .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+        .expect("PEM")
+}
+
+fn fingerprint(k: &rsa::RsaPrivateKey) -> String {
+    use rsa::pkcs8::EncodePublicKey;
+    use sha2::Digest;
+    let der = k.to_public_key().to_public_key_der().expect("DER");
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(der.as_bytes()))
+    )
+}
+
+/// Exporting is the power to read a key: only the configured groups may, and only to the
+/// configured wrapping keys. What an allowed export yields is the key, wrapped for its holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_need_an_allowed_group_and_an_allowed_wrapping_key() {
+    let tokens = Tokens::new();
+    let allowed = test_rsa_key();
+    let other = test_rsa_key();
+    let b = Bridge::start(
+        &tokens,
+        Opts {
+            extra_toml: format!(
+                "\n[export]\nallowed_groups = [\"admin\"]\nallowed_wrapping_keys = [\"{}\"]\n",
+                fingerprint(&allowed)
+                    .to_uppercase()
+                    .replace("SHA256:", "sha256:")
+            ),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let material = secret(32);
+    let id = b.vault_import("exportable", "aes", &material).await;
+    let path = format!("/api/v1/vault/keys2/{id}/export");
+    let to = |k: &rsa::RsaPrivateKey| json!({"wrapPublicKey": wrapping_pem(k), "wrapPublicKeyPadding": "oaep"});
+
+    let (s, r) = b.post(&path, &to(&allowed)).await;
+    assert_error(s, &r, 403, "export.allowed_groups");
+    let admin = mint_cli(&b.config, "root", &["admin"]);
+    let (s, r) = b
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(&to(&other)),
+            Some(&admin),
+        )
+        .await;
+    assert_error(s, &r, 403, "export.allowed_wrapping_keys");
+    assert!(
+        r["message"]
+            .as_str()
+            .expect("msg")
+            .contains(&fingerprint(&other)),
+        "the refusal names the refused key: {r}"
+    );
+    let (_, k) = b.get(&path.replace("/export", "")).await;
+    assert_eq!(k["neverExported"], true, "{k}");
+
+    let (s, r) = b
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(&to(&allowed)),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["wrapped"], true);
+    let wrapped = hex::decode(r["material"].as_str().expect("material")).expect("hex");
+    assert_ne!(wrapped, material);
+    let unwrapped = allowed
+        .decrypt(rsa::Oaep::new::<sha1::Sha1>(), &wrapped)
+        .expect("the export unwraps with the allowed key");
+    assert_eq!(unwrapped, material, "the export is the vault key");
+    let (_, k) = b.get(&path.replace("/export", "")).await;
+    assert_eq!(k["neverExported"], false, "{k}");
+
+    // The KEK is replaced behind the daemon's back: the stored key is refused before any
+    // key is created in KMS.
+    {
+        let s = world().session(&tokens.bridge);
+        s.destroy_object(find_one(&s, "hsm-bridge-vault-kek"))
+            .expect("C_DestroyObject");
+    }
+    put_kek(&tokens.bridge, "hsm-bridge-vault-kek", &secret(32));
+    let (s, r) = b
+        .upload(
+            json!({"source_key_identifier": "exportable", "kms": b.kms_name, "region": REGION,
+                       "aws_param": {"CustomerMasterKeySpec": "SYMMETRIC_DEFAULT"}}),
+        )
+        .await;
+    assert_error(s, &r, 422, "stored under another KEK");
+    assert_eq!(
+        kms_key_count(&b.kms().await).await,
+        0,
+        "nothing reached KMS"
+    );
     b.finish().await;
 }
