@@ -660,6 +660,26 @@ async fn probe_checks_each_cm_and_dsm_end_to_end() {
         out.contains("BEGIN PUBLIC KEY"),
         "the transport key is shown: {out}"
     );
+    // Its fingerprint, as export.allowed_wrapping_keys takes it, is that of the key shown.
+    {
+        use base64::Engine;
+        use sha2::Digest;
+        let b64: String = out
+            .split("-----BEGIN PUBLIC KEY-----")
+            .nth(1)
+            .and_then(|r| r.split("-----END PUBLIC KEY-----").next())
+            .expect("PEM")
+            .split_whitespace()
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64");
+        let want = format!(
+            "fingerprint (for export.allowed_wrapping_keys): sha256:{}",
+            hex::encode(sha2::Sha256::digest(&der))
+        );
+        assert!(out.contains(&want), "{want}\n{out}");
+    }
     // The throwaway key on the CM was deleted again.
     let (_, keys) = cm.get("/api/v1/vault/keys2").await;
     assert_eq!(keys["total"], 0, "{keys}");
