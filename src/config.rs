@@ -42,13 +42,13 @@ pub struct Config {
     /// CipherTrust Manager.
     #[serde(default)]
     pub users: Vec<UserConfig>,
-    /// Who may export vault keys (wrapped), and under which wrapping keys.
-    #[serde(default)]
-    pub export: ExportConfig,
+    /// Who may export vault keys (wrapped), and under which wrapping keys; see
+    /// [`Config::export_policy`] for what holds without this section.
+    pub export: Option<ExportConfig>,
 }
 
-/// Wrapped exports of vault keys (`POST /api/v1/vault/keys2/{id}/export`). Off unless groups
-/// are named: whoever may export chooses the wrapping key, so this is the power to read keys.
+/// Wrapped exports of vault keys (`POST /api/v1/vault/keys2/{id}/export`). Whoever may export
+/// chooses the wrapping key, so this is the power to read keys.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportConfig {
@@ -319,6 +319,22 @@ impl ConfigError {
 }
 
 impl Config {
+    /// Who may export. Without an `[export]` section: the groups of the `[[users]]` this bridge
+    /// issues tokens to (its peers, when it serves as their external CipherTrust Manager), to
+    /// any wrapping key; without users either, nobody.
+    pub fn export_policy(&self) -> ExportConfig {
+        self.export.clone().unwrap_or_else(|| ExportConfig {
+            allowed_groups: self
+                .users
+                .iter()
+                .flat_map(|u| u.groups.iter().cloned())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            allowed_wrapping_keys: Vec::new(),
+        })
+    }
+
     /// Reads the file and the process environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::load_with_env(path, std::env::vars())
@@ -598,7 +614,12 @@ impl Config {
                 _ => {}
             }
         }
-        for (i, f) in self.export.allowed_wrapping_keys.iter().enumerate() {
+        let pinned = self
+            .export
+            .as_ref()
+            .map(|e| e.allowed_wrapping_keys.as_slice())
+            .unwrap_or_default();
+        for (i, f) in pinned.iter().enumerate() {
             let ok = f
                 .strip_prefix("sha256:")
                 .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -755,6 +776,29 @@ regions = ["us-east-1"]
         assert_eq!(c.tokens[0].sessions, 7);
         assert_eq!(c.auth.allowed_groups, vec!["a", "b"]);
         assert_eq!(c.kms[0].endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn exports_default_to_the_peer_users_groups_and_are_pinned_by_fingerprint() {
+        let c = load(GOOD, &[]).expect("loads");
+        assert!(
+            c.export_policy().allowed_groups.is_empty(),
+            "no users: nobody"
+        );
+        let users = format!(
+            "{GOOD}\n[[users]]\nname = \"peer\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\"\ngroups = [\"CCKM Admins\", \"x\"]\n"
+        );
+        let c = load(&users, &[]).expect("loads");
+        assert_eq!(c.export_policy().allowed_groups, vec!["CCKM Admins", "x"]);
+        let explicit = format!("{users}\n[export]\nallowed_groups = []\n");
+        let c = load(&explicit, &[]).expect("loads");
+        assert!(
+            c.export_policy().allowed_groups.is_empty(),
+            "an explicit empty list disables exports"
+        );
+        let bad = format!("{users}\n[export]\nallowed_wrapping_keys = [\"abc\"]\n");
+        let e = load(&bad, &[]).expect_err("refused").to_string();
+        assert!(e.contains("export.allowed_wrapping_keys[0]"), "{e}");
     }
 
     #[test]

@@ -165,7 +165,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         kms: kms.clone(),
         tokens,
         token_service,
-        export: Arc::new(cfg.export.clone()),
+        export: Arc::new(cfg.export_policy()),
         detailed_errors: cfg.logging.detailed_errors,
     };
     let router = app(state, cfg.server.max_body_bytes);

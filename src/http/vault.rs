@@ -70,7 +70,7 @@ pub async fn export(
     let policy = &state.export;
     if policy.allowed_groups.is_empty() {
         return Err(ApiError::forbidden(
-            "exports are disabled on this bridge (export.allowed_groups is empty)",
+            "exports are disabled on this bridge (no export.allowed_groups, no [[users]])",
         ));
     }
     if !caller

@@ -37,9 +37,10 @@ fn hash_password(pw: &str) -> String {
         .to_owned()
 }
 
+/// The CM's peer user. No `[export]` section: the users' groups may export (the default).
 fn users_toml(password: &str) -> String {
     format!(
-        "\n[[users]]\nname = \"{CM_USER}\"\npassword_hash = \"{}\"\ngroups = [\"{GROUP}\"]\n\n[export]\nallowed_groups = [\"{GROUP}\"]\n",
+        "\n[[users]]\nname = \"{CM_USER}\"\npassword_hash = \"{}\"\ngroups = [\"{GROUP}\"]\n",
         hash_password(password)
     )
 }
