@@ -119,6 +119,35 @@ fn default_kmip_port() -> u16 {
     5696
 }
 
+/// The export rules in force (see [`Config::export_policy`]).
+#[derive(Debug, Clone, Default)]
+pub struct ExportPolicy {
+    pub allowed_groups: Vec<String>,
+    /// Set when no `[export]` section exists: only these users (name -> their configured
+    /// groups) may export, as tokens from `POST /api/v1/auth/tokens` name them.
+    pub peers_only: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    pub allowed_wrapping_keys: Vec<String>,
+}
+
+impl ExportPolicy {
+    /// Whether a caller (user name and token groups) may export.
+    pub fn allows(&self, user: &str, groups: &[String]) -> bool {
+        match &self.peers_only {
+            Some(peers) => peers
+                .get(user)
+                .is_some_and(|own| groups.iter().any(|g| own.contains(g))),
+            None => groups.iter().any(|g| self.allowed_groups.contains(g)),
+        }
+    }
+
+    pub fn disabled(&self) -> bool {
+        match &self.peers_only {
+            Some(peers) => peers.is_empty(),
+            None => self.allowed_groups.is_empty(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
@@ -319,20 +348,27 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Who may export. Without an `[export]` section: the groups of the `[[users]]` this bridge
-    /// issues tokens to (its peers, when it serves as their external CipherTrust Manager), to
-    /// any wrapping key; without users either, nobody.
-    pub fn export_policy(&self) -> ExportConfig {
-        self.export.clone().unwrap_or_else(|| ExportConfig {
-            allowed_groups: self
-                .users
-                .iter()
-                .flat_map(|u| u.groups.iter().cloned())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect(),
-            allowed_wrapping_keys: Vec::new(),
-        })
+    /// Who may export. Without an `[export]` section: only the `[[users]]` this bridge issues
+    /// tokens to (its peers, when it serves as their external CipherTrust Manager), each with
+    /// its own groups, to any wrapping key; without users, nobody.
+    pub fn export_policy(&self) -> ExportPolicy {
+        match &self.export {
+            Some(e) => ExportPolicy {
+                allowed_groups: e.allowed_groups.clone(),
+                peers_only: None,
+                allowed_wrapping_keys: e.allowed_wrapping_keys.clone(),
+            },
+            None => ExportPolicy {
+                allowed_groups: Vec::new(),
+                peers_only: Some(
+                    self.users
+                        .iter()
+                        .map(|u| (u.name.clone(), u.groups.clone()))
+                        .collect(),
+                ),
+                allowed_wrapping_keys: Vec::new(),
+            },
+        }
     }
 
     /// Reads the file and the process environment.
@@ -779,22 +815,31 @@ regions = ["us-east-1"]
     }
 
     #[test]
-    fn exports_default_to_the_peer_users_groups_and_are_pinned_by_fingerprint() {
+    fn exports_default_to_the_peer_users_only_and_are_pinned_by_fingerprint() {
         let c = load(GOOD, &[]).expect("loads");
-        assert!(
-            c.export_policy().allowed_groups.is_empty(),
-            "no users: nobody"
-        );
+        assert!(c.export_policy().disabled(), "no users: nobody");
         let users = format!(
             "{GOOD}\n[[users]]\nname = \"peer\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\"\ngroups = [\"CCKM Admins\", \"x\"]\n"
         );
-        let c = load(&users, &[]).expect("loads");
-        assert_eq!(c.export_policy().allowed_groups, vec!["CCKM Admins", "x"]);
-        let explicit = format!("{users}\n[export]\nallowed_groups = []\n");
-        let c = load(&explicit, &[]).expect("loads");
+        let p = load(&users, &[]).expect("loads").export_policy();
+        let admins = ["CCKM Admins".to_owned()];
+        assert!(p.allows("peer", &admins), "the peer, with its group");
         assert!(
-            c.export_policy().allowed_groups.is_empty(),
-            "an explicit empty list disables exports"
+            !p.allows("operator", &admins),
+            "another user with the same group is not a peer"
+        );
+        assert!(
+            !p.allows("peer", &["y".to_owned()]),
+            "nor the peer without its groups"
+        );
+        let explicit = format!("{users}\n[export]\nallowed_groups = []\n");
+        let p = load(&explicit, &[]).expect("loads").export_policy();
+        assert!(p.disabled(), "an explicit empty list disables exports");
+        let named = format!("{users}\n[export]\nallowed_groups = [\"CCKM Admins\"]\n");
+        let p = load(&named, &[]).expect("loads").export_policy();
+        assert!(
+            p.allows("operator", &admins),
+            "[export] names groups, for any user"
         );
         let bad = format!("{users}\n[export]\nallowed_wrapping_keys = [\"abc\"]\n");
         let e = load(&bad, &[]).expect_err("refused").to_string();

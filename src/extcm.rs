@@ -70,7 +70,8 @@ fn error_message(body: &str) -> String {
         })
 }
 
-/// A token grant, serialised straight from borrowed secrets (no intermediate copies).
+/// A token grant, serialised straight from borrowed secrets (no JSON value holding copies).
+/// The serialised body is owned by the HTTP client once sent and is not wiped.
 #[derive(serde::Serialize)]
 struct Grant<'a> {
     grant_type: &'a str,
@@ -159,15 +160,13 @@ impl CmClient {
         &self,
         grant: Grant<'_>,
     ) -> Result<(SecretString, Duration, Option<SecretString>), CmError> {
-        let payload = Zeroizing::new(
-            serde_json::to_vec(&grant)
-                .map_err(|e| CmError::Setup(format!("external CM {}: {e}", self.name)))?,
-        );
+        let payload = serde_json::to_vec(&grant)
+            .map_err(|e| CmError::Setup(format!("external CM {}: {e}", self.name)))?;
         let resp = self
             .http
             .post(self.url("/api/v1/auth/tokens")?)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(payload.to_vec())
+            .body(payload)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

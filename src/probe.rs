@@ -430,13 +430,17 @@ async fn probe_dsm(cfg: &DsmConfig, index: usize, bridge: Option<&Arc<Token>>) -
             match client.locate_by_name(&t).await {
                 Ok(found) if found.len() == 1 => {
                     steps.push(format!("connected; transport key `{t}` registered"));
-                    let sha256 = bridge
-                        .and_then(|b| b.capabilities())
-                        .and_then(|c| c.unwrap.as_ref())
-                        .is_some_and(|u| u.oaep.contains(&OaepHash::Sha256));
+                    let hash = bridge.and_then(|b| crate::tiers::dsm::oaep_hash(b));
+                    if bridge.is_some() && hash.is_none() {
+                        let e = "the bridge token proved no RSA-OAEP unwrap".to_owned();
+                        return (
+                            json!({"name": cfg.name, "address": addr, "error": e}),
+                            false,
+                        );
+                    }
                     KeyWrapping::RsaOaep {
                         public_uid: found[0].clone(),
-                        sha256,
+                        sha256: hash == Some(OaepHash::Sha256),
                     }
                 }
                 Ok(_) => {
@@ -472,47 +476,20 @@ async fn probe_dsm(cfg: &DsmConfig, index: usize, bridge: Option<&Arc<Token>>) -
             );
         }
     };
-    let label = cfg
-        .kek_label
-        .clone()
-        .or_else(|| cfg.kek_name.clone())
-        .unwrap_or_default();
+    // The upload path itself: Get Attributes, the wrapped Get, its checks, the unwrap.
     let outcome = async {
+        let facts = client.facts(&uid).await.map_err(|e| e.to_string())?;
+        if facts.object_type != Some(crate::kmip::OBJECT_SYMMETRIC_KEY) {
+            return Err("Get Attributes did not call the throwaway key symmetric".to_owned());
+        }
         let key = client
             .get_wrapped(&uid, &wrapping)
             .await
             .map_err(|e| e.to_string())?;
-        let w = wrapping.clone();
-        bridge
-            .run(move |s| match w {
-                KeyWrapping::AesKeyWrap { .. } => {
-                    let kek = ops::find_keys(
-                        s,
-                        cryptoki::object::ObjectClass::SECRET_KEY,
-                        Some(&label),
-                        None,
-                    )?;
-                    let [kek] = kek.as_slice() else {
-                        return Err(TokenError::Refused(format!(
-                            "no single KEK labelled \"{label}\" in the bridge token"
-                        )));
-                    };
-                    ops::aes_kw_unwrap_secret(s, *kek, &key.wrapped, ops::SecretKind::Aes)
-                        .map(|_| ())
-                }
-                KeyWrapping::RsaOaep { sha256, .. } => {
-                    let (_, private) = ops::find_transport_key(s, ops::TRANSPORT_LABEL)?
-                        .ok_or_else(|| TokenError::Refused("no transport key".into()))?;
-                    let hash = if sha256 {
-                        OaepHash::Sha256
-                    } else {
-                        OaepHash::Sha1
-                    };
-                    ops::oaep_unwrap_secret(s, hash, private, &key.wrapped, ops::SecretKind::Aes)
-                        .map(|_| ())
-                }
-            })
+        let what = format!("throwaway key `{name}`");
+        crate::tiers::dsm::accept_wrapped(bridge, cfg, &what, key, &wrapping)
             .await
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
     .await;

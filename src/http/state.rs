@@ -18,6 +18,6 @@ pub struct AppState {
     pub kms: Arc<KmsRegistry>,
     pub tokens: Arc<TokenSet>,
     pub token_service: crate::http::auth_tokens::SharedTokens,
-    pub export: Arc<crate::config::ExportConfig>,
+    pub export: Arc<crate::config::ExportPolicy>,
     pub detailed_errors: bool,
 }

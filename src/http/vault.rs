@@ -67,20 +67,19 @@ pub async fn export(
     ApiJson(body): ApiJson<crate::vault::ExportBody>,
 ) -> Result<Json<Value>, ApiError> {
     tracing::info!(user = %caller.user, key = %id, "vault key export requested");
+    body.wrapping_key_pem()?;
     let policy = &state.export;
-    if policy.allowed_groups.is_empty() {
+    if policy.disabled() {
         return Err(ApiError::forbidden(
             "exports are disabled on this bridge (no export.allowed_groups, no [[users]])",
         ));
     }
-    if !caller
-        .groups
-        .iter()
-        .any(|g| policy.allowed_groups.contains(g))
-    {
-        return Err(ApiError::forbidden(
-            "the token's groups may not export keys (export.allowed_groups)",
-        ));
+    if !policy.allows(&caller.user, &caller.groups) {
+        return Err(ApiError::forbidden(if policy.peers_only.is_some() {
+            "only the peers configured in [[users]] may export keys (or set export.allowed_groups)"
+        } else {
+            "the token's groups may not export keys (export.allowed_groups)"
+        }));
     }
     Ok(Json(
         state

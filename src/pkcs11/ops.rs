@@ -594,10 +594,25 @@ pub fn check_unwrapped(
             }
         }
         Expected::Private(want) => match private_key_kind(session, h)? {
-            Some(k) if k != want => Err(TokenError::Refused(format!(
+            Some(k) if k == want => Ok(()),
+            Some(k) => Err(TokenError::Refused(format!(
                 "the unwrapped key is {k}, not the {want} announced"
             ))),
-            _ => Ok(()),
+            None => {
+                // No kind: either the token did not say, or it said something no spec takes.
+                let f = read_facts(
+                    session,
+                    h,
+                    &[AttributeType::Modulus, AttributeType::EcParams],
+                )?;
+                if f.modulus.is_some() || f.ec_params.is_some() {
+                    Err(TokenError::Refused(format!(
+                        "the unwrapped key is of a size or curve no key spec takes, not the {want} announced"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
         },
     }
 }

@@ -24,14 +24,77 @@ pub struct Dsm {
     pub cfg: DsmConfig,
 }
 
-impl Dsm {
-    fn kek_label(&self) -> String {
-        self.cfg
-            .kek_label
-            .clone()
-            .or_else(|| self.cfg.kek_name.clone())
-            .unwrap_or_default()
-    }
+/// The bridge token's label for the KEK shared with a DSM (its DSM name unless set).
+fn kek_label(cfg: &DsmConfig) -> String {
+    cfg.kek_label
+        .clone()
+        .or_else(|| cfg.kek_name.clone())
+        .unwrap_or_default()
+}
+
+/// The OAEP hash asked of a DSM in `rsa-oaep` mode. KMIP 1.2 names the OAEP hash but not the
+/// MGF1 hash, which servers take to be SHA-1 or the same hash: SHA-1 for both is the only
+/// reading every server shares, so it is used whenever the token proved it.
+pub fn oaep_hash(bridge: &Token) -> Option<OaepHash> {
+    let proven = bridge
+        .capabilities()
+        .and_then(|c| c.unwrap.as_ref())
+        .map(|u| u.oaep.clone())
+        .unwrap_or_default();
+    [OaepHash::Sha1, OaepHash::Sha256]
+        .into_iter()
+        .find(|h| proven.contains(h))
+}
+
+/// Checks a wrapped Get answer against what the tier accepts and unwraps it once in the
+/// bridge token, so that a wrong KEK or a bad blob is refused before anything reaches AWS.
+pub async fn accept_wrapped(
+    bridge: &Arc<Token>,
+    cfg: &DsmConfig,
+    what: &str,
+    key: kmip::WrappedKey,
+    wrapping: &KeyWrapping,
+) -> Result<Arc<Fetched>, DomainError> {
+    // The key block must say what Get Attributes said.
+    check_facts(
+        what,
+        &kmip::ObjectFacts {
+            object_type: key.object_type,
+            algorithm: key.algorithm,
+            length: key.length,
+        },
+    )?;
+    let unwrap = match wrapping {
+        KeyWrapping::AesKeyWrap { .. } => {
+            if key.wrapped.len() != 40 {
+                return Err(DomainError::Upstream(format!(
+                    "{what}: the DSM sent {} bytes where RFC 3394 wraps AES-256 in 40",
+                    key.wrapped.len()
+                )));
+            }
+            Unwrap::AesKw {
+                kek_label: kek_label(cfg),
+            }
+        }
+        KeyWrapping::RsaOaep { sha256, .. } => Unwrap::RsaOaep {
+            hash: if *sha256 {
+                OaepHash::Sha256
+            } else {
+                OaepHash::Sha1
+            },
+        },
+    };
+    let fetched = Arc::new(Fetched {
+        blob: key.wrapped,
+        unwrap,
+        dsm: cfg.name.clone(),
+    });
+    let probe = fetched.clone();
+    bridge
+        .run(move |s| probe.materialize(s).map(|_| ()))
+        .await
+        .map_err(|e| DomainError::Upstream(e.to_string()))?;
+    Ok(fetched)
 }
 
 pub struct DsmTier {
@@ -50,7 +113,7 @@ enum Unwrap {
     RsaOaep { hash: OaepHash },
 }
 
-struct Fetched {
+pub struct Fetched {
     blob: Vec<u8>,
     unwrap: Unwrap,
     dsm: String,
@@ -168,6 +231,7 @@ impl Tier for DsmTier {
         let candidates = self.pick(identifier)?;
         let several = candidates.len() > 1;
         let mut hits = Vec::new();
+        let mut refused = Vec::new();
         for (dsm, key) in candidates {
             let uid = Self::uid(&dsm, key).await?;
             let facts = match dsm.client.facts(&uid).await {
@@ -182,7 +246,14 @@ impl Tier for DsmTier {
                 Err(e) => return Err(e.into()),
             };
             let what = format!("DSM {} key `{key}`", dsm.cfg.name);
-            check_facts(&what, &facts)?;
+            // Unpinned, another DSM may hold the AES key under this name: keep looking.
+            if let Err(e) = check_facts(&what, &facts) {
+                if several {
+                    refused.push(e);
+                    continue;
+                }
+                return Err(e);
+            }
             let wrapping = match dsm.cfg.wrapping {
                 DsmWrapping::AesKw => {
                     let name = dsm.cfg.kek_name.clone().unwrap_or_default();
@@ -212,17 +283,13 @@ impl Tier for DsmTier {
                             dsm.cfg.name
                         )));
                     };
-                    // KMIP 1.2 names the OAEP hash but not the MGF1 hash, which servers
-                    // take to be SHA-1 or the same hash: SHA-1 for both is the only reading
-                    // every server shares, so it is used whenever the token proved it.
-                    let proven = self
-                        .bridge
-                        .capabilities()
-                        .and_then(|c| c.unwrap.as_ref())
-                        .map(|u| u.oaep.clone())
-                        .unwrap_or_default();
-                    let sha256 =
-                        !proven.contains(&OaepHash::Sha1) && proven.contains(&OaepHash::Sha256);
+                    let hash = oaep_hash(&self.bridge).ok_or_else(|| {
+                        DomainError::Unprocessable(format!(
+                            "token {} proved no RSA-OAEP unwrap, so it cannot receive keys from DSM {} (wrapping = \"rsa-oaep\")",
+                            self.bridge.name, dsm.cfg.name
+                        ))
+                    })?;
+                    let sha256 = hash == OaepHash::Sha256;
                     KeyWrapping::RsaOaep {
                         public_uid: public.clone(),
                         sha256,
@@ -242,6 +309,7 @@ impl Tier for DsmTier {
             }
         }
         let (dsm, uid, key, wrapping) = match hits.len() {
+            0 if !refused.is_empty() => return Err(refused.remove(0)),
             0 => {
                 return Err(DomainError::NotFound(format!(
                     "source_key_identifier: no Data Security Manager has a key `{identifier}`"
@@ -255,45 +323,8 @@ impl Tier for DsmTier {
             }
         };
         let what = format!("DSM {} key `{identifier}`", dsm.cfg.name);
-        // The key block must say what Get Attributes said.
-        check_facts(
-            &what,
-            &kmip::ObjectFacts {
-                object_type: key.object_type,
-                algorithm: key.algorithm,
-                length: key.length,
-            },
-        )?;
-        if matches!(wrapping, KeyWrapping::AesKeyWrap { .. }) && key.wrapped.len() != 40 {
-            return Err(DomainError::Upstream(format!(
-                "{what}: the DSM sent {} bytes where RFC 3394 wraps AES-256 in 40",
-                key.wrapped.len()
-            )));
-        }
-        let unwrap = match wrapping {
-            KeyWrapping::AesKeyWrap { .. } => Unwrap::AesKw {
-                kek_label: dsm.kek_label(),
-            },
-            KeyWrapping::RsaOaep { sha256, .. } => Unwrap::RsaOaep {
-                hash: if sha256 {
-                    OaepHash::Sha256
-                } else {
-                    OaepHash::Sha1
-                },
-            },
-        };
-        let fetched = Arc::new(Fetched {
-            blob: key.wrapped,
-            unwrap,
-            dsm: dsm.cfg.name.clone(),
-        });
-        // Unwrap once now: a wrong KEK is refused before anything reaches AWS.
-        let probe = fetched.clone();
         let token = self.bridge.clone();
-        token
-            .run(move |s| probe.materialize(s).map(|_| ()))
-            .await
-            .map_err(|e| DomainError::Upstream(e.to_string()))?;
+        let fetched = accept_wrapped(&token, &dsm.cfg, &what, key, &wrapping).await?;
         Ok(ResolvedSource {
             token,
             local_key_id: uid,

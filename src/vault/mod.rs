@@ -654,6 +654,18 @@ pub struct ExportBody {
     pub format: Option<String>,
 }
 
+impl ExportBody {
+    /// The wrapping key; its absence is a plaintext export, refused whoever asks.
+    pub fn wrapping_key_pem(&self) -> Result<&str, DomainError> {
+        self.wrapPublicKey.as_deref().ok_or_else(|| {
+            DomainError::Forbidden(
+                "plaintext export is refused by this bridge: ask for a wrapped export (wrapPublicKey)"
+                    .into(),
+            )
+        })
+    }
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(non_snake_case)]
@@ -705,11 +717,7 @@ impl Vault {
             .get_row(id_or_name)
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("no vault key `{id_or_name}`")))?;
-        let Some(pem) = body.wrapPublicKey.as_deref() else {
-            return Err(DomainError::Forbidden(
-                "plaintext export is refused by this bridge: ask for a wrapped export (wrapPublicKey)".into(),
-            ));
-        };
+        let pem = body.wrapping_key_pem()?;
         let extra: Value = serde_json::from_str(&row.extra).unwrap_or_default();
         if extra.get("unexportable").and_then(Value::as_bool) == Some(true) {
             return Err(DomainError::Forbidden(format!(
