@@ -15,10 +15,7 @@ install() {
         return 0
     fi
     say "installing PyKMIP into $KMIP_VENV"
-    local py
-    py="$(command -v python3.11 || command -v python3)"
-    rm -rf "$KMIP_VENV"
-    "$py" -m venv "$KMIP_VENV"
+    new_venv "$KMIP_VENV"
     "$KMIP_VENV/bin/pip" install -q --disable-pip-version-check \
         -c "$ROOT/softhsm-test/kmip-server/constraints.txt" 'PyKMIP==0.11.0'
 }

@@ -11,12 +11,7 @@ install() {
         return 0
     fi
     say "installing LocalStack's KMS emulator into $KMS_VENV"
-    local py
-    py="$(command -v python3.11 || command -v python3)"
-    "$py" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
-        || die "LocalStack 4.10 needs Python 3.11 (Debian 12's python3)"
-    rm -rf "$KMS_VENV"
-    "$py" -m venv "$KMS_VENV"
+    new_venv "$KMS_VENV"
     "$KMS_VENV/bin/pip" install -q --disable-pip-version-check \
         -c "$ROOT/softhsm-test/kms-emulator/constraints.txt" \
         'localstack-core[base-runtime]==4.10.0' 'cbor2<6'

@@ -13,3 +13,13 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
+
+# A new, empty Python 3.11 virtualenv at $1 (what Debian 12 ships; LocalStack 4.10 needs it).
+new_venv() {
+    local py
+    py="$(command -v python3.11 || command -v python3)"
+    "$py" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
+        || die "Python 3.11 (Debian 12's python3) is needed for $1"
+    rm -rf "$1"
+    "$py" -m venv "$1"
+}

@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::cckm::spec::KeySpec;
 use crate::config::{Config, DsmConfig, DsmWrapping, ExternalCmConfig, TokenRole};
 use crate::extcm::CmClient;
-use crate::kmip::{KeyWrapping, KmipClient};
-use crate::pkcs11::profile::OaepHash;
+use crate::kmip::KmipClient;
 use crate::pkcs11::selftest::{aws_hash, describe_lengths};
 use crate::pkcs11::{Token, TokenError, TokenSet, keys, ops};
+use crate::tiers::Tier;
+use crate::tiers::dsm::{Dsm, DsmTier};
+use crate::tiers::external_cm::{self, ExternalCmTier};
 
 /// Opens every token and reports each: what it proved and refused, or why it could not be
 /// opened; then each external CM and DSM. The flag is true only if everything would work.
@@ -271,18 +274,16 @@ pub async fn remotes(cfg: &Config, bridge: Option<Arc<Token>>) -> (Value, bool) 
 async fn transport_pem(bridge: &Token) -> Result<Option<(String, String)>, String> {
     bridge
         .run(|s| {
-            let Some((public, _)) = ops::find_transport_key(s, ops::TRANSPORT_LABEL)? else {
-                return Ok(None);
-            };
-            let (m, e) = ops::rsa_public_parts(s, public)?;
-            keys::rsa_spki_der(&m, &e)
-                .map(|d| Some((keys::spki_pem(&d), keys::spki_fingerprint(&d))))
-                .map_err(TokenError::Refused)
+            ops::transport_spki_der(s)
+                .map(|d| d.map(|d| (keys::spki_pem(&d), keys::spki_fingerprint(&d))))
         })
         .await
         .map_err(|e| e.to_string())
 }
 
+/// Checks an external CM as an upload would use it: authentication, then (with a bridge token
+/// holding a transport key) a throwaway AES key created on the CM and resolved by the
+/// external-cm tier itself (metadata, wrapped export, unwrap in the token), then deleted.
 async fn probe_cm(
     cfg: &ExternalCmConfig,
     index: usize,
@@ -290,7 +291,7 @@ async fn probe_cm(
 ) -> (Value, bool) {
     let mut steps = Vec::new();
     let client = match CmClient::new(cfg, index) {
-        Ok(c) => c,
+        Ok(c) => Arc::new(c),
         Err(e) => {
             return (
                 json!({"name": cfg.name, "url": cfg.url, "error": e.to_string()}),
@@ -314,14 +315,8 @@ async fn probe_cm(
     let hash = bridge
         .capabilities()
         .and_then(|c| c.unwrap.as_ref())
-        .and_then(|u| {
-            u.oaep
-                .iter()
-                .copied()
-                .find(|h| *h == OaepHash::Sha256)
-                .or(u.oaep.first().copied())
-        });
-    let (Some(hash), Ok(Some((pem, _)))) = (hash, transport_pem(bridge).await) else {
+        .and_then(|u| external_cm::preferred_oaep(&u.oaep));
+    let (Some(hash), Ok(Some(_))) = (hash, transport_pem(bridge).await) else {
         steps.push("wrapping not checked: the bridge token has no transport key yet or proved no OAEP unwrap".into());
         return (
             json!({"name": cfg.name, "url": cfg.url, "steps": steps}),
@@ -343,29 +338,11 @@ async fn probe_cm(
         }
     };
     let id = created["id"].as_str().unwrap_or(&name).to_owned();
-    let padding = if hash == OaepHash::Sha256 {
-        "oaep256"
-    } else {
-        "oaep"
-    };
-    let outcome = async {
-        let blob = client
-            .export(
-                &id,
-                &json!({"wrapPublicKey": pem, "wrapPublicKeyPadding": padding}),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        bridge
-            .run(move |s| {
-                let (_, private) = ops::find_transport_key(s, ops::TRANSPORT_LABEL)?
-                    .ok_or_else(|| TokenError::Refused("no transport key".into()))?;
-                ops::oaep_unwrap_secret(s, hash, private, &blob, ops::SecretKind::Aes).map(|_| ())
-            })
-            .await
-            .map_err(|e| e.to_string())
-    }
-    .await;
+    let tier = ExternalCmTier::new(vec![client.clone()], bridge.clone());
+    let outcome = tier
+        .resolve(&format!("{}:{id}", cfg.name), KeySpec::SymmetricDefault)
+        .await
+        .map(|_| ());
     let ok = outcome.is_ok();
     steps.push(match outcome {
         Ok(()) => format!(
@@ -385,80 +362,42 @@ async fn probe_cm(
     )
 }
 
+/// Checks a DSM as an upload would use it: the TLS connection and the configured KEK or
+/// transport key, then (with a bridge token) a throwaway AES-256 key created on the DSM and
+/// resolved by the dsm tier itself (Get Attributes, wrapped Get, unwrap in the token), then
+/// destroyed.
 async fn probe_dsm(cfg: &DsmConfig, index: usize, bridge: Option<&Arc<Token>>) -> (Value, bool) {
     let addr = format!("{}:{}", cfg.host, cfg.port);
+    let refused = |e: String| {
+        (
+            json!({"name": cfg.name, "address": addr, "error": e}),
+            false,
+        )
+    };
     let client = match KmipClient::new(cfg, index) {
         Ok(c) => c,
-        Err(e) => {
-            return (
-                json!({"name": cfg.name, "address": addr, "error": e.to_string()}),
-                false,
-            );
-        }
+        Err(e) => return refused(e.to_string()),
     };
     let mut steps = Vec::new();
-    let wrapping = match cfg.wrapping {
-        DsmWrapping::AesKw => {
-            let kek = cfg.kek_name.clone().unwrap_or_default();
-            match client.locate_by_name(&kek).await {
-                Ok(found) if found.len() == 1 => {
-                    steps.push(format!("connected; KEK `{kek}` found"));
-                    KeyWrapping::AesKeyWrap {
-                        kek_uid: found[0].clone(),
-                    }
-                }
-                Ok(found) => {
-                    let e = format!(
-                        "{} objects are named `{kek}`; exactly one KEK is expected",
-                        found.len()
-                    );
-                    return (
-                        json!({"name": cfg.name, "address": addr, "error": e}),
-                        false,
-                    );
-                }
-                Err(e) => {
-                    return (
-                        json!({"name": cfg.name, "address": addr, "error": e.to_string()}),
-                        false,
-                    );
-                }
-            }
-        }
-        DsmWrapping::RsaOaep => {
-            let t = cfg.transport_key_name.clone().unwrap_or_default();
-            match client.locate_by_name(&t).await {
-                Ok(found) if found.len() == 1 => {
-                    steps.push(format!("connected; transport key `{t}` registered"));
-                    let hash = bridge.and_then(|b| crate::tiers::dsm::oaep_hash(b));
-                    if bridge.is_some() && hash.is_none() {
-                        let e = "the bridge token proved no RSA-OAEP unwrap".to_owned();
-                        return (
-                            json!({"name": cfg.name, "address": addr, "error": e}),
-                            false,
-                        );
-                    }
-                    KeyWrapping::RsaOaep {
-                        public_uid: found[0].clone(),
-                        sha256: hash == Some(OaepHash::Sha256),
-                    }
-                }
-                Ok(_) => {
-                    let e = format!("the transport key `{t}` is not registered exactly once");
-                    return (
-                        json!({"name": cfg.name, "address": addr, "error": e}),
-                        false,
-                    );
-                }
-                Err(e) => {
-                    return (
-                        json!({"name": cfg.name, "address": addr, "error": e.to_string()}),
-                        false,
-                    );
-                }
-            }
-        }
+    let (what, wanted) = match cfg.wrapping {
+        DsmWrapping::AesKw => ("KEK", cfg.kek_name.clone().unwrap_or_default()),
+        DsmWrapping::RsaOaep => (
+            "transport key",
+            cfg.transport_key_name.clone().unwrap_or_default(),
+        ),
     };
+    match client.locate_by_name(&wanted).await {
+        Ok(found) if found.len() == 1 => {
+            steps.push(format!("connected; {what} `{wanted}` found"));
+        }
+        Ok(found) => {
+            return refused(format!(
+                "{} objects are named `{wanted}`; exactly one {what} is expected",
+                found.len()
+            ));
+        }
+        Err(e) => return refused(e.to_string()),
+    }
     let Some(bridge) = bridge else {
         return (
             json!({"name": cfg.name, "address": addr, "steps": steps}),
@@ -476,23 +415,15 @@ async fn probe_dsm(cfg: &DsmConfig, index: usize, bridge: Option<&Arc<Token>>) -
             );
         }
     };
-    // The upload path itself: Get Attributes, the wrapped Get, its checks, the unwrap.
-    let outcome = async {
-        let facts = client.facts(&uid).await.map_err(|e| e.to_string())?;
-        if facts.object_type != Some(crate::kmip::OBJECT_SYMMETRIC_KEY) {
-            return Err("Get Attributes did not call the throwaway key symmetric".to_owned());
-        }
-        let key = client
-            .get_wrapped(&uid, &wrapping)
-            .await
-            .map_err(|e| e.to_string())?;
-        let what = format!("throwaway key `{name}`");
-        crate::tiers::dsm::accept_wrapped(bridge, cfg, &what, key, &wrapping)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-    .await;
+    let dsm = Arc::new(Dsm {
+        client,
+        cfg: cfg.clone(),
+    });
+    let tier = DsmTier::new(vec![dsm.clone()], bridge.clone());
+    let outcome = tier
+        .resolve(&format!("{}:{uid}", cfg.name), KeySpec::SymmetricDefault)
+        .await
+        .map(|_| ());
     let ok = outcome.is_ok();
     steps.push(match outcome {
         Ok(()) => format!(
@@ -501,7 +432,7 @@ async fn probe_dsm(cfg: &DsmConfig, index: usize, bridge: Option<&Arc<Token>>) -
         ),
         Err(e) => format!("end-to-end wrapping FAILED: {e}"),
     });
-    if let Err(e) = client.destroy(&uid).await {
+    if let Err(e) = dsm.client.destroy(&uid).await {
         steps.push(format!(
             "the throwaway key `{name}` could not be destroyed: {e}"
         ));

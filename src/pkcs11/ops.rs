@@ -754,6 +754,17 @@ pub fn rsa_public_parts(
     }
 }
 
+/// The transport public key as SubjectPublicKeyInfo DER, if the token has one yet.
+pub fn transport_spki_der(session: &Session) -> Result<Option<Vec<u8>>, TokenError> {
+    let Some((public, _)) = find_transport_key(session, TRANSPORT_LABEL)? else {
+        return Ok(None);
+    };
+    let (m, e) = rsa_public_parts(session, public)?;
+    keys::rsa_spki_der(&m, &e)
+        .map(Some)
+        .map_err(TokenError::Refused)
+}
+
 /// RSA-OAEP unwrap of a secret key into a session object.
 pub fn oaep_unwrap_secret<'s>(
     session: &'s Session,

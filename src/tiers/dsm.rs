@@ -35,7 +35,7 @@ fn kek_label(cfg: &DsmConfig) -> String {
 /// The OAEP hash asked of a DSM in `rsa-oaep` mode. KMIP 1.2 names the OAEP hash but not the
 /// MGF1 hash, which servers take to be SHA-1 or the same hash: SHA-1 for both is the only
 /// reading every server shares, so it is used whenever the token proved it.
-pub fn oaep_hash(bridge: &Token) -> Option<OaepHash> {
+fn oaep_hash(bridge: &Token) -> Option<OaepHash> {
     let proven = bridge
         .capabilities()
         .and_then(|c| c.unwrap.as_ref())
@@ -48,7 +48,7 @@ pub fn oaep_hash(bridge: &Token) -> Option<OaepHash> {
 
 /// Checks a wrapped Get answer against what the tier accepts and unwraps it once in the
 /// bridge token, so that a wrong KEK or a bad blob is refused before anything reaches AWS.
-pub async fn accept_wrapped(
+async fn accept_wrapped(
     bridge: &Arc<Token>,
     cfg: &DsmConfig,
     what: &str,
@@ -113,7 +113,7 @@ enum Unwrap {
     RsaOaep { hash: OaepHash },
 }
 
-pub struct Fetched {
+struct Fetched {
     blob: Vec<u8>,
     unwrap: Unwrap,
     dsm: String,

@@ -38,7 +38,6 @@ struct Transported {
     blob: Vec<u8>,
     hash: OaepHash,
     shape: Transport,
-    transport_label: String,
 }
 
 #[derive(Clone, Copy)]
@@ -53,7 +52,7 @@ enum Transport {
 
 impl Materialize for Transported {
     fn materialize<'s>(&self, s: &'s Session) -> Result<InToken<'s>, TokenError> {
-        let (public, private) = ops::find_transport_key(s, &self.transport_label)?
+        let (public, private) = ops::find_transport_key(s, ops::TRANSPORT_LABEL)?
             .ok_or_else(|| TokenError::Refused("the bridge token has no transport key".into()))?;
         let obj = match self.shape {
             Transport::Secret { kind, .. } => {
@@ -86,6 +85,15 @@ impl Materialize for Transported {
         })?;
         Ok(InToken::Transient(obj))
     }
+}
+
+/// The OAEP hash asked of a CM: SHA-256 where the token proved it, else what it proved.
+pub fn preferred_oaep(proven: &[OaepHash]) -> Option<OaepHash> {
+    proven
+        .iter()
+        .copied()
+        .find(|h| *h == OaepHash::Sha256)
+        .or_else(|| proven.first().copied())
 }
 
 /// What the CM's metadata says the key is, checked against the spec.
@@ -204,16 +212,9 @@ impl Tier for ExternalCmTier {
                 DomainError::Internal("the bridge token has no unwrap self-test result".into())
             })?;
         let storage = token.capabilities().and_then(|c| c.storage.clone());
-        let pick = |proven: &[OaepHash]| {
-            proven
-                .iter()
-                .copied()
-                .find(|h| *h == OaepHash::Sha256)
-                .or_else(|| proven.first().copied())
-        };
         let (hash, request) = match &mut shape {
             Transport::Secret { .. } => {
-                let hash = pick(&caps.oaep).ok_or_else(|| {
+                let hash = preferred_oaep(&caps.oaep).ok_or_else(|| {
                     DomainError::Unprocessable(format!(
                         "token {} proved no RSA-OAEP unwrap",
                         token.name
@@ -226,7 +227,7 @@ impl Tier for ExternalCmTier {
             }
             Transport::Private { kind, kwp } => {
                 let proven = caps.private.get(kind).cloned().unwrap_or_default();
-                let hash = pick(&proven).ok_or_else(|| {
+                let hash = preferred_oaep(&proven).ok_or_else(|| {
                     DomainError::Unprocessable(format!(
                         "token {} cannot unwrap {kind} keys exactly, so it cannot receive them from an external CM",
                         token.name
@@ -250,31 +251,20 @@ impl Tier for ExternalCmTier {
                 )
             }
         };
-        let label = ops::TRANSPORT_LABEL.to_owned();
-        let public_pem = {
-            let l = label.clone();
-            token
-                .run(move |s| {
-                    let (public, _) = ops::find_transport_key(s, &l)?.ok_or_else(|| {
+        let public_pem = token
+            .run(|s| {
+                ops::transport_spki_der(s)?
+                    .map(|d| crate::pkcs11::keys::spki_pem(&d))
+                    .ok_or_else(|| {
                         TokenError::Refused("the bridge token has no transport key".into())
-                    })?;
-                    let (m, e) = ops::rsa_public_parts(s, public)?;
-                    crate::pkcs11::keys::rsa_spki_der(&m, &e)
-                        .map(|d| crate::pkcs11::keys::spki_pem(&d))
-                        .map_err(TokenError::Refused)
-                })
-                .await
-                .map_err(DomainError::token(&token.name))?
-        };
+                    })
+            })
+            .await
+            .map_err(DomainError::token(&token.name))?;
         let mut request = request;
         request["wrapPublicKey"] = Value::String(public_pem);
         let blob = cm.export(&key_id, &request).await?;
-        let transported = Arc::new(Transported {
-            blob,
-            hash,
-            shape,
-            transport_label: label,
-        });
+        let transported = Arc::new(Transported { blob, hash, shape });
         // Unwrap once now: a blob that does not unwrap is refused before anything reaches AWS.
         let probe = transported.clone();
         token

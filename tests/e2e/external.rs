@@ -563,19 +563,26 @@ async fn a_jwt_expiring_mid_upload_is_renewed_without_failing_it() {
 
     // 1. The export is held 7 s on the wire: the JWT it carries has expired when the CM sees
     //    it. The CM answers 401, the uploader renews with its refresh token and retries.
-    let material = secret(32);
-    let id = cm.vault_import("renewed", "aes", &material).await;
+    // A CM vault key uploaded through `up` and proven in KMS.
+    let upload_proven = |name: &'static str| {
+        let (cm, up, kms) = (&cm, &up, &kms);
+        async move {
+            let material = secret(32);
+            let id = cm.vault_import(name, "aes", &material).await;
+            let (s, r) = up
+                .upload(upload_body(up, &id, "SYMMETRIC_DEFAULT", None, name))
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{r}");
+            prove_aes(
+                kms,
+                r["aws_param"]["KeyID"].as_str().expect("id"),
+                &material,
+            )
+            .await;
+        }
+    };
     wire.on_containing("/export", Fault::DelayOnce(Duration::from_secs(7)));
-    let (s, r) = up
-        .upload(upload_body(&up, &id, "SYMMETRIC_DEFAULT", None, "renewed"))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{r}");
-    prove_aes(
-        &kms,
-        r["aws_param"]["KeyID"].as_str().expect("id"),
-        &material,
-    )
-    .await;
+    upload_proven("renewed").await;
     let statuses = |wire: &FaultProxy| -> Vec<u16> {
         wire.exchanges()
             .iter()
@@ -597,18 +604,7 @@ async fn a_jwt_expiring_mid_upload_is_renewed_without_failing_it() {
     // 2. Later, the uploader's JWT has expired by its own clock: it renews before calling, so
     //    the CM never sees an expired JWT.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let material = secret(32);
-    let id = cm.vault_import("ahead", "aes", &material).await;
-    let (s, r) = up
-        .upload(upload_body(&up, &id, "SYMMETRIC_DEFAULT", None, "ahead"))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{r}");
-    prove_aes(
-        &kms,
-        r["aws_param"]["KeyID"].as_str().expect("id"),
-        &material,
-    )
-    .await;
+    upload_proven("ahead").await;
     // The CM tolerates some clock skew, so the statuses alone would not show the renewal:
     // the third grant on the wire does.
     assert_eq!(statuses(&wire), [401, 200, 200], "no second 401");

@@ -332,16 +332,8 @@ pub enum Kind {
     Hmac,
 }
 
-/// A secret key with known value in a token (as an HSM administrator would import one).
-pub fn put_secret(
-    token: &str,
-    label: &str,
-    kind: Kind,
-    value: &[u8],
-    extractable: bool,
-) -> Vec<u8> {
-    let s = world().session(token);
-    let id: [u8; 8] = rand::random();
+/// The token-object template both test secret helpers start from.
+fn secret_template(kind: Kind, label: &str, extractable: bool) -> Vec<Attribute> {
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(if kind == Kind::Aes {
@@ -354,14 +346,27 @@ pub fn put_secret(
         Attribute::Sensitive(true),
         Attribute::Extractable(extractable),
         Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Id(id.to_vec()),
-        Attribute::Value(value.to_vec()),
     ];
     if kind == Kind::Aes {
         t.extend([Attribute::Encrypt(true), Attribute::Decrypt(true)]);
     } else {
         t.extend([Attribute::Sign(true), Attribute::Verify(true)]);
     }
+    t
+}
+
+/// A secret key with known value in a token (as an HSM administrator would import one).
+pub fn put_secret(
+    token: &str,
+    label: &str,
+    kind: Kind,
+    value: &[u8],
+    extractable: bool,
+) -> Vec<u8> {
+    let s = world().session(token);
+    let id: [u8; 8] = rand::random();
+    let mut t = secret_template(kind, label, extractable);
+    t.extend([Attribute::Id(id.to_vec()), Attribute::Value(value.to_vec())]);
     s.create_object(&t).expect("C_CreateObject");
     id.to_vec()
 }
@@ -369,25 +374,8 @@ pub fn put_secret(
 /// A secret key generated inside a token; its value is never seen by the test.
 pub fn generate_secret(token: &str, label: &str, kind: Kind, len: usize) {
     let s = world().session(token);
-    let mut t = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(if kind == Kind::Aes {
-            KeyType::AES
-        } else {
-            KeyType::GENERIC_SECRET
-        }),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(true),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::ValueLen((len as u64).into()),
-    ];
-    if kind == Kind::Aes {
-        t.extend([Attribute::Encrypt(true), Attribute::Decrypt(true)]);
-    } else {
-        t.extend([Attribute::Sign(true), Attribute::Verify(true)]);
-    }
+    let mut t = secret_template(kind, label, true);
+    t.push(Attribute::ValueLen((len as u64).into()));
     let mech = if kind == Kind::Aes {
         Mechanism::AesKeyGen
     } else {
