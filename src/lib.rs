@@ -14,3 +14,4 @@ pub mod secrets;
 pub mod store;
 pub mod tiers;
 pub mod vault;
+pub mod vocabulary;

@@ -10,6 +10,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::spec::{KeySpec, KeyUsage, SourceTier};
+use crate::unused_fields;
+use crate::vocabulary::{Unused, Vocabulary};
 
 /// The JSON body of `POST /api/v1/cckm/aws/upload-key`.
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +31,19 @@ pub struct UploadKeyBody {
     pub key_users: Option<Vec<String>>,
     pub key_users_roles: Option<Vec<String>>,
     pub policytemplate: Option<String>,
+    /// Sent with ImportKeyMaterial (AWS takes it for symmetric keys only).
+    pub key_material_description: Option<String>,
+    /// CipherTrust's Ansible modules send the expiry here rather than in `aws_param`.
+    pub valid_to: Option<String>,
+}
+
+impl Vocabulary for UploadKeyBody {
+    fn unused(&self) -> Vec<String> {
+        self.aws_param
+            .as_ref()
+            .map(|p| unused_fields!(p, "aws_param."; CurrentKeyMaterialId))
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +61,9 @@ pub struct AwsParamBody {
     pub Policy: Option<Value>,
     pub Tags: Option<Vec<TagBody>>,
     pub ValidTo: Option<String>,
+    /// A field of CipherTrust's key record that its clients echo back; AWS assigns it.
+    #[serde(default)]
+    pub CurrentKeyMaterialId: Unused,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +226,8 @@ pub struct UploadRequest {
     pub tags: Vec<Tag>,
     pub expiry: Expiry,
     pub policy: PolicyChoice,
+    /// `KeyMaterialDescription` of ImportKeyMaterial (symmetric keys only).
+    pub material_description: Option<String>,
 }
 
 pub const MAX_POLICY_BYTES: usize = 32 * 1024;
@@ -305,7 +325,14 @@ impl UploadKeyBody {
 
         let tags = validate_tags(p.Tags.unwrap_or_default())?;
 
-        let expiry = match (self.key_expiration, p.ValidTo.as_deref()) {
+        let valid_to = match (p.ValidTo.as_deref(), self.valid_to.as_deref()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err("aws_param.ValidTo and valid_to disagree: give the expiry once".into());
+            }
+            (Some(a), _) => Some(a),
+            (None, b) => b.filter(|v| !v.is_empty()),
+        };
+        let expiry = match (self.key_expiration, valid_to) {
             (Some(true), None) => {
                 return Err("aws_param.ValidTo: is required when key_expiration is true".into());
             }
@@ -344,6 +371,20 @@ impl UploadKeyBody {
             PolicyChoice::Default
         };
 
+        let material_description = match self.key_material_description {
+            Some(d) if d.chars().count() > 256 => {
+                return Err("key_material_description: at most 256 characters".into());
+            }
+            Some(d) if !d.is_empty() && spec == KeySpec::SymmetricDefault => Some(d),
+            Some(d) if !d.is_empty() => {
+                tracing::debug!(
+                    "key_material_description ignored: AWS takes it for symmetric keys only"
+                );
+                None
+            }
+            _ => None,
+        };
+
         Ok(UploadRequest {
             tier,
             source,
@@ -358,6 +399,7 @@ impl UploadKeyBody {
             tags,
             expiry,
             policy,
+            material_description,
         })
     }
 }

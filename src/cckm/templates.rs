@@ -25,6 +25,16 @@ pub struct CreateTemplateBody {
     pub key_admins_roles: Option<Vec<String>>,
     pub key_users: Option<Vec<String>>,
     pub key_users_roles: Option<Vec<String>>,
+    /// Pushes a changed template to the keys made from it (PATCH in CipherTrust); templates
+    /// here are applied at upload only.
+    #[serde(default)]
+    pub auto_push: crate::vocabulary::Unused,
+}
+
+impl crate::vocabulary::Vocabulary for CreateTemplateBody {
+    fn unused(&self) -> Vec<String> {
+        crate::unused_fields!(self, ""; auto_push)
+    }
 }
 
 fn strs(v: &[String]) -> Value {

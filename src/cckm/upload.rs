@@ -372,7 +372,11 @@ impl Uploader {
             Expiry::Never => None,
             Expiry::At(t) => Some(t),
         };
-        kms::import_key_material(&ctx.client, key_id, &params, wrapped, valid_to)
+        let import = kms::MaterialImport {
+            valid_to,
+            description: req.material_description.as_deref(),
+        };
+        kms::import_key_material(&ctx.client, key_id, &params, wrapped, &import)
             .await
             .map_err(|e| ("ImportKeyMaterial", e.into()))?;
 

@@ -19,6 +19,8 @@ pub struct AttemptsQuery {
     limit: Option<u32>,
 }
 
+impl crate::vocabulary::Vocabulary for AttemptsQuery {}
+
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,

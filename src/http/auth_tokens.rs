@@ -15,6 +15,8 @@ use super::auth::Issuer;
 use super::error::ApiError;
 use super::extract::ApiJson;
 use crate::config::UserConfig;
+use crate::store::refresh;
+use crate::vocabulary::{Unused, Vocabulary};
 
 pub struct TokenService {
     pub issuer: Option<Issuer>,
@@ -57,6 +59,7 @@ impl TokenService {
 
 pub type SharedTokens = Arc<TokenService>;
 
+/// The body of `POST /api/v1/auth/tokens` as CipherTrust Manager documents it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
@@ -66,6 +69,30 @@ pub struct TokenRequest {
     refresh_token: Option<SecretString>,
     /// CipherTrust clients may name a domain; only the root domain exists here.
     domain: Option<String>,
+    auth_domain: Option<String>,
+    auth_domain_path: Option<String>,
+    /// The identity provider; this bridge has local accounts only.
+    connection: Option<String>,
+    /// Every refresh grant issues a new refresh token here (the old one is retired), so
+    /// `true` is what happens anyway.
+    renew_refresh_token: Option<bool>,
+    /// Echoed in the answer.
+    client_id: Option<String>,
+    #[serde(default)]
+    cookies: Unused,
+    #[serde(default)]
+    labels: Unused,
+    #[serde(default)]
+    refresh_token_lifetime: Unused,
+    #[serde(default)]
+    refresh_token_revoke_unused_in: Unused,
+}
+
+impl Vocabulary for TokenRequest {
+    fn unused(&self) -> Vec<String> {
+        crate::unused_fields!(self, ""; cookies, labels, refresh_token_lifetime,
+            refresh_token_revoke_unused_in)
+    }
 }
 
 /// Only used if no user is configured (then no token is issued anyway).
@@ -73,6 +100,12 @@ const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$
 
 fn wrong() -> ApiError {
     ApiError::unauthorized("wrong username, password or refresh token")
+}
+
+/// A new random refresh token.
+fn new_refresh_token() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
 pub async fn issue(
@@ -83,14 +116,25 @@ pub async fn issue(
     let issuer = svc.issuer.as_ref().ok_or_else(|| {
         ApiError::not_found("this bridge does not issue tokens (no signing key is configured)")
     })?;
-    if req
-        .domain
-        .as_deref()
-        .is_some_and(|d| !d.is_empty() && d != "root")
-    {
-        return Err(wrong());
+    for d in [&req.domain, &req.auth_domain, &req.auth_domain_path] {
+        if d.as_deref()
+            .is_some_and(|d| !d.is_empty() && d != "root" && d != "/")
+        {
+            return Err(wrong());
+        }
     }
-    let (user, refresh) = match req.grant_type.as_str() {
+    if let Some(c) = req.connection.as_deref()
+        && !c.is_empty()
+        && c != "local_account"
+    {
+        return Err(ApiError::unauthorized(format!(
+            "connection `{c}` is not known here: this bridge has local accounts only (local_account)"
+        )));
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let next_id = uuid::Uuid::new_v4().to_string();
+    let next_token = new_refresh_token();
+    let (user, family) = match req.grant_type.as_str() {
         "password" => {
             let (Some(name), Some(password)) = (req.username.clone(), req.password) else {
                 return Err(ApiError::bad_request(
@@ -127,44 +171,72 @@ pub async fn issue(
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
             let user = user.filter(|_| ok).ok_or_else(wrong)?;
-            let token = {
-                use base64::Engine;
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-            };
-            let expires =
-                time::OffsetDateTime::now_utc().unix_timestamp() + svc.refresh_ttl_secs as i64;
-            let (id, t, n) = (
-                uuid::Uuid::new_v4().to_string(),
-                token.clone(),
+            let expires = now + svc.refresh_ttl_secs as i64;
+            let family = uuid::Uuid::new_v4().to_string();
+            let (id, t, f, n) = (
+                next_id.clone(),
+                next_token.clone(),
+                family.clone(),
                 user.name.clone(),
             );
-            let rid = id.clone();
             state
                 .store
-                .call(move |c| crate::store::refresh::insert(c, &id, &t, &n, expires))
+                .call(move |c| {
+                    let new = refresh::NewToken {
+                        id: &id,
+                        token: &t,
+                        family: &f,
+                    };
+                    refresh::insert(c, &new, &n, expires)
+                })
                 .await?;
-            (user, Some((rid, token)))
+            (user, family)
         }
         "refresh_token" => {
+            if req.renew_refresh_token == Some(false) {
+                tracing::debug!(
+                    "renew_refresh_token is false, but refresh tokens are single-use here: a new one is issued"
+                );
+            }
             let token = req.refresh_token.ok_or_else(|| {
                 ApiError::bad_request("the refresh_token grant needs refresh_token")
             })?;
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let t = zeroize::Zeroizing::new(token.expose_secret().to_owned());
-            let found = state
+            let (id, nt) = (next_id.clone(), next_token.clone());
+            let redeemed = state
                 .store
-                .call(move |c| crate::store::refresh::user_of(c, &t, now))
+                .call(move |c| {
+                    let next = refresh::NewToken {
+                        id: &id,
+                        token: &nt,
+                        family: "",
+                    };
+                    refresh::redeem(c, &t, &next, now)
+                })
                 .await?;
-            let (_, name) = found.ok_or_else(|| {
-                ApiError::unauthorized("the refresh token is unknown or has expired")
-            })?;
+            let (name, family) = match redeemed {
+                refresh::Redeemed::Rotated { username, family } => (username, family),
+                refresh::Redeemed::Unknown => {
+                    return Err(ApiError::unauthorized(
+                        "the refresh token is unknown or has expired",
+                    ));
+                }
+                refresh::Redeemed::Reused { username } => {
+                    tracing::warn!(user = %username,
+                        "a refresh token was presented again after it had been used: \
+                         every refresh token of that login is revoked");
+                    return Err(ApiError::unauthorized(
+                        "the refresh token was already used; the login it belonged to is revoked",
+                    ));
+                }
+            };
             let user = svc
                 .users
                 .iter()
                 .find(|u| u.name == name)
                 .cloned()
                 .ok_or_else(wrong)?;
-            (user, None)
+            (user, family)
         }
         other => {
             return Err(ApiError::bad_request(format!(
@@ -176,15 +248,12 @@ pub async fn issue(
         .issue(&user.name, &user.groups, svc.ttl_secs)
         .map_err(|e| ApiError::internal("could not sign the token").with_detail(e.to_string()))?;
     tracing::info!(user = %user.name, grant = %req.grant_type, "token issued");
-    let mut out = json!({
+    Ok(Json(json!({
         "jwt": jwt,
         "duration": svc.ttl_secs,
         "token_type": "Bearer",
-        "client_id": Value::Null,
-    });
-    if let Some((id, token)) = refresh {
-        out["refresh_token"] = json!(token);
-        out["refresh_token_id"] = json!(id);
-    }
-    Ok(Json(out))
+        "client_id": req.client_id.unwrap_or(family),
+        "refresh_token": next_token,
+        "refresh_token_id": next_id,
+    })))
 }

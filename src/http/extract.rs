@@ -8,13 +8,22 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ErrorCode};
+use crate::vocabulary::Vocabulary;
+
+/// Logs the CipherTrust fields a request carried that the bridge accepted without using.
+fn log_unused<T: Vocabulary>(what: &str, v: &T) {
+    let unused = v.unused();
+    if !unused.is_empty() {
+        tracing::debug!(fields = ?unused, "{what}: CipherTrust fields accepted and ignored");
+    }
+}
 
 /// A JSON body; unknown fields, wrong types and syntax errors name the field at fault.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + Vocabulary,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -44,7 +53,11 @@ where
             };
             ApiError::new(code, msg)
         })?;
-        let parsed = parse_json(&bytes).map(ApiJson);
+        let parsed = parse_json::<T>(&bytes);
+        if let Ok(v) = &parsed {
+            log_unused("request body", v);
+        }
+        let parsed = parsed.map(ApiJson);
         // Bodies may carry key material (vault imports): wipe the buffer once parsed.
         if let Ok(mut owned) = bytes.try_into_mut() {
             zeroize::Zeroize::zeroize(owned.as_mut());
@@ -83,7 +96,7 @@ pub struct ApiQuery<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiQuery<T>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + Vocabulary,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -92,6 +105,7 @@ where
         let q = parts.uri.query().unwrap_or("");
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
         serde_path_to_error::deserialize(de)
+            .inspect(|v| log_unused("query string", v))
             .map(ApiQuery)
             .map_err(|e| {
                 let path = e.path().to_string();

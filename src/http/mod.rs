@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -28,33 +28,34 @@ pub use self::state::AppState;
 
 /// The whole API. Tests build it around their own state.
 pub fn app(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/api/v1/cckm/aws/upload-key", post(upload::upload_key))
-        .route("/api/v1/cckm/aws/keys", get(aws_keys::list))
-        .route("/api/v1/cckm/aws/keys/{id}", get(aws_keys::get_one))
-        .route(
+    Routes::default()
+        .at("/api/v1/cckm/aws/upload-key", post(upload::upload_key))
+        .at("/api/v1/cckm/aws/keys", get(aws_keys::list))
+        .at("/api/v1/cckm/aws/keys/{id}", get(aws_keys::get_one))
+        .at(
             "/api/v1/cckm/aws/templates",
             post(templates::create).get(templates::list),
         )
-        .route(
+        .at(
             "/api/v1/cckm/aws/templates/{id}",
             get(templates::get_one).delete(templates::delete),
         )
-        .route("/api/v1/cckm/aws/kms", get(aws_keys::list_kms))
-        .route("/api/v1/cckm/aws/upload-attempts", get(attempts::list))
-        .route(
+        .at("/api/v1/cckm/aws/kms", get(aws_keys::list_kms))
+        .at("/api/v1/cckm/aws/upload-attempts", get(attempts::list))
+        .at(
             "/api/v1/cckm/aws/upload-attempts/{id}",
             get(attempts::get_one),
         )
-        .route("/api/v1/vault/keys2", post(vault::create).get(vault::list))
-        .route(
+        .at("/api/v1/vault/keys2", post(vault::create).get(vault::list))
+        .at(
             "/api/v1/vault/keys2/{id}",
             get(vault::get_one).delete(vault::delete),
         )
-        .route("/api/v1/vault/keys2/{id}/export", post(vault::export))
-        .route("/api/v1/auth/tokens", post(auth_tokens::issue))
-        .route("/api/v1/system/tokens", get(system::tokens))
-        .route("/healthz", get(health))
+        .at("/api/v1/vault/keys2/{id}/export", post(vault::export))
+        .at("/api/v1/auth/tokens", post(auth_tokens::issue))
+        .at("/api/v1/system/tokens", get(system::tokens))
+        .at("/healthz", get(health))
+        .0
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -68,6 +69,18 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
             request_context,
         ))
         .with_state(state)
+}
+
+/// The routes, each served with and without a trailing slash: CipherTrust documents many
+/// paths with one (`/api/v1/auth/tokens/`) and its clients send them as documented.
+#[derive(Default)]
+struct Routes(Router<AppState>);
+
+impl Routes {
+    fn at(self, path: &str, handler: MethodRouter<AppState>) -> Self {
+        let slashed = format!("{path}/");
+        Routes(self.0.route(path, handler.clone()).route(&slashed, handler))
+    }
 }
 
 /// Bodies declared larger than the limit are read and discarded (up to a bound) before the
@@ -179,6 +192,8 @@ pub struct Paging {
     pub skip: Option<u32>,
     pub limit: Option<u32>,
 }
+
+impl crate::vocabulary::Vocabulary for Paging {}
 
 pub fn paging(skip: Option<u32>, limit: Option<u32>) -> Result<(u32, u32), ApiError> {
     let limit = limit.unwrap_or(10);

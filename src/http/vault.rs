@@ -11,26 +11,85 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::{AppState, paging};
+use crate::error::DomainError;
 use crate::store::vault::ListFilter;
-use crate::vault::CreateKeyBody;
+use crate::vault::{CreateKeyBody, CreateKeyQuery, KeyRefQuery};
+use crate::vocabulary::{Unused, Vocabulary, refuse_given};
 
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    ApiQuery(q): ApiQuery<CreateKeyQuery>,
     ApiJson(body): ApiJson<CreateKeyBody>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     tracing::info!(user = %caller.user, "vault key creation requested");
+    refuse_given(
+        &[("includeMaterial", q.includeMaterial)],
+        "material is never returned by this bridge",
+    )
+    .map_err(DomainError::Invalid)?;
+    body.check_supported()?;
+    if q.returnExisting == Some(true)
+        && let Some(name) = body.name.as_deref()
+        && let Ok(existing) = state.vault.get(name).await
+        && existing["name"] == name
+    {
+        return Ok((StatusCode::OK, Json(existing)).into_response());
+    }
     let k = state.vault.create(body).await?;
-    Ok((StatusCode::CREATED, Json(k)))
+    Ok((StatusCode::CREATED, Json(k)).into_response())
 }
 
+/// The list filters CipherTrust documents; those the vault has no concept of are accepted and
+/// ignored (the list is then wider than asked, never narrower).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
 pub struct VaultQuery {
     name: Option<String>,
     algorithm: Option<String>,
+    id: Option<String>,
+    size: Option<u32>,
     skip: Option<u32>,
     limit: Option<u32>,
+    #[serde(default)]
+    state: Unused,
+    #[serde(default)]
+    alias: Unused,
+    #[serde(default)]
+    linkType: Unused,
+    #[serde(default)]
+    fields: Unused,
+    #[serde(default)]
+    usageMask: Unused,
+    #[serde(default)]
+    metaContains: Unused,
+    #[serde(default)]
+    objectType: Unused,
+    #[serde(default)]
+    sha1Fingerprint: Unused,
+    #[serde(default)]
+    sha256Fingerprint: Unused,
+    #[serde(default)]
+    uuid: Unused,
+    #[serde(default)]
+    muid: Unused,
+    #[serde(default)]
+    keyId: Unused,
+    #[serde(default)]
+    compareIDWithUUID: Unused,
+    #[serde(default)]
+    version: Unused,
+    #[serde(default)]
+    labels: Unused,
+}
+
+impl Vocabulary for VaultQuery {
+    fn unused(&self) -> Vec<String> {
+        crate::unused_fields!(self, ""; state, alias, linkType, fields, usageMask, metaContains,
+            objectType, sha1Fingerprint, sha256Fingerprint, uuid, muid, keyId,
+            compareIDWithUUID, version, labels)
+    }
 }
 
 pub async fn list(
@@ -45,6 +104,8 @@ pub async fn list(
             .list(ListFilter {
                 name: q.name,
                 algorithm: q.algorithm,
+                id: q.id,
+                size: q.size,
                 skip,
                 limit,
             })
@@ -56,7 +117,9 @@ pub async fn get_one(
     State(state): State<AppState>,
     _caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<KeyRefQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    q.check()?;
     Ok(Json(state.vault.get(&id).await?))
 }
 
@@ -64,9 +127,12 @@ pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<KeyRefQuery>,
     ApiJson(body): ApiJson<crate::vault::ExportBody>,
 ) -> Result<Json<Value>, ApiError> {
     tracing::info!(user = %caller.user, key = %id, "vault key export requested");
+    q.check()?;
+    body.check_supported()?;
     body.wrapping_key_pem()?;
     let policy = &state.export;
     if policy.disabled() {
@@ -93,8 +159,10 @@ pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<KeyRefQuery>,
 ) -> Result<StatusCode, ApiError> {
     tracing::info!(user = %caller.user, key = %id, "vault key deletion requested");
+    q.check()?;
     state.vault.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -183,19 +183,27 @@ pub async fn get_parameters_for_import(
     })
 }
 
+/// How material is imported: its expiry (none: it never expires) and its description.
+#[derive(Debug, Default, Clone)]
+pub struct MaterialImport<'a> {
+    pub valid_to: Option<time::OffsetDateTime>,
+    pub description: Option<&'a str>,
+}
+
 pub async fn import_key_material(
     client: &Client,
     key_id: &str,
     params: &ImportParameters,
     wrapped: Vec<u8>,
-    valid_to: Option<time::OffsetDateTime>,
+    import: &MaterialImport<'_>,
 ) -> Result<(), KmsError> {
     let mut req = client
         .import_key_material()
         .key_id(key_id)
         .import_token(Blob::new(params.import_token.clone()))
-        .encrypted_key_material(Blob::new(wrapped));
-    req = match valid_to {
+        .encrypted_key_material(Blob::new(wrapped))
+        .set_key_material_description(import.description.map(str::to_owned));
+    req = match import.valid_to {
         Some(t) => req
             .expiration_model(ExpirationModelType::KeyMaterialExpires)
             .valid_to(DateTime::from_secs(t.unix_timestamp())),

@@ -53,12 +53,29 @@ pub fn get(conn: &rusqlite::Connection, id: &str) -> Result<Option<Value>, Store
 
 #[derive(Default)]
 pub struct ListFilter {
+    pub id: Option<String>,
     pub keyid: Option<String>,
     pub region: Option<String>,
     pub alias: Option<String>,
     pub kms_id: Option<String>,
+    /// Fields of the record that must equal the given text (JSON pointer, value): strings
+    /// compare without regard to case, booleans as `true`/`false`.
+    pub fields: Vec<(&'static str, String)>,
     pub skip: u32,
     pub limit: u32,
+}
+
+fn field_matches(record: &Value, pointer: &str, want: &str) -> bool {
+    match record.pointer(pointer) {
+        Some(Value::String(s)) => s.eq_ignore_ascii_case(want),
+        Some(Value::Bool(b)) => want.eq_ignore_ascii_case(if *b { "true" } else { "false" }),
+        Some(Value::Number(n)) => n.to_string() == want,
+        Some(Value::Array(a)) => a
+            .iter()
+            .any(|v| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case(want))),
+        Some(Value::Null) | None => want.is_empty(),
+        Some(Value::Object(_)) => false,
+    }
 }
 
 pub fn list(conn: &rusqlite::Connection, f: &ListFilter) -> Result<(u64, Vec<Value>), StoreError> {
@@ -72,21 +89,48 @@ pub fn list(conn: &rusqlite::Connection, f: &ListFilter) -> Result<(u64, Vec<Val
         serde_json::to_string(&full).unwrap_or_default()
     });
     let where_sql = "WHERE (?1 IS NULL OR key_id = ?1 OR arn = ?1) AND (?2 IS NULL OR region = ?2) \
-                     AND (?3 IS NULL OR instr(aliases, ?3) > 0) AND (?4 IS NULL OR kms_id = ?4)";
-    let total: u64 = conn.query_row(
-        &format!("SELECT COUNT(*) FROM aws_keys {where_sql}"),
-        params![f.keyid, f.region, alias, f.kms_id],
-        |r| r.get(0),
-    )?;
+                     AND (?3 IS NULL OR instr(aliases, ?3) > 0) AND (?4 IS NULL OR kms_id = ?4) \
+                     AND (?5 IS NULL OR id = ?5)";
     let mut stmt = conn.prepare(&format!(
-        "SELECT record FROM aws_keys {where_sql} ORDER BY created_at DESC, id LIMIT ?5 OFFSET ?6"
+        "SELECT record FROM aws_keys {where_sql} ORDER BY created_at DESC, id"
     ))?;
     let rows = stmt
-        .query_map(
-            params![f.keyid, f.region, alias, f.kms_id, f.limit, f.skip],
-            |r| r.get::<_, String>(0),
-        )?
+        .query_map(params![f.keyid, f.region, alias, f.kms_id, f.id], |r| {
+            r.get::<_, String>(0)
+        })?
         .collect::<Result<Vec<_>, _>>()?;
-    let records = rows.into_iter().map(parse).collect::<Result<Vec<_>, _>>()?;
+    let mut records = Vec::new();
+    let mut total = 0u64;
+    for text in rows {
+        let record = parse(text)?;
+        if !f
+            .fields
+            .iter()
+            .all(|(p, want)| field_matches(&record, p, want))
+        {
+            continue;
+        }
+        if total >= u64::from(f.skip) && records.len() < f.limit as usize {
+            records.push(record);
+        }
+        total += 1;
+    }
     Ok((total, records))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_fields_match_as_ciphertrust_filters_them() {
+        let r = serde_json::json!({"gone": false, "aws_param": {"KeyState": "Enabled",
+            "Alias": ["alias/a"], "MultiRegion": true}});
+        assert!(field_matches(&r, "/aws_param/KeyState", "enabled"));
+        assert!(!field_matches(&r, "/aws_param/KeyState", "Disabled"));
+        assert!(field_matches(&r, "/gone", "false"));
+        assert!(field_matches(&r, "/aws_param/MultiRegion", "TRUE"));
+        assert!(field_matches(&r, "/aws_param/Alias", "alias/a"));
+        assert!(!field_matches(&r, "/nothing", "x"));
+    }
 }

@@ -105,6 +105,14 @@ CREATE TABLE refresh_tokens (
     created_at  TEXT NOT NULL
 );
 "#,
+    // Refresh tokens rotate on use: each belongs to a family (one login); a retired token
+    // presented again revokes its whole family.
+    r#"
+ALTER TABLE refresh_tokens ADD COLUMN family TEXT;
+ALTER TABLE refresh_tokens ADD COLUMN retired_at TEXT;
+UPDATE refresh_tokens SET family = id WHERE family IS NULL;
+CREATE INDEX refresh_tokens_family ON refresh_tokens(family);
+"#,
 ];
 
 impl Store {

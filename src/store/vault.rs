@@ -117,6 +117,8 @@ pub fn get(
 pub struct ListFilter {
     pub name: Option<String>,
     pub algorithm: Option<String>,
+    pub id: Option<String>,
+    pub size: Option<u32>,
     pub skip: u32,
     pub limit: u32,
 }
@@ -125,18 +127,21 @@ pub fn list(
     conn: &rusqlite::Connection,
     f: &ListFilter,
 ) -> Result<(u64, Vec<VaultKeyRow>), StoreError> {
-    let where_sql =
-        "WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR lower(algorithm) = lower(?2))";
+    let where_sql = "WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR lower(algorithm) = lower(?2)) \
+         AND (?3 IS NULL OR id = ?3) AND (?4 IS NULL OR size = ?4)";
     let total: u64 = conn.query_row(
         &format!("SELECT COUNT(*) FROM vault_keys {where_sql}"),
-        params![f.name, f.algorithm],
+        params![f.name, f.algorithm, f.id, f.size],
         |r| r.get(0),
     )?;
     let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM vault_keys {where_sql} ORDER BY created_at DESC, id LIMIT ?3 OFFSET ?4"
+        "SELECT {COLUMNS} FROM vault_keys {where_sql} ORDER BY created_at DESC, id LIMIT ?5 OFFSET ?6"
     ))?;
     let rows = stmt
-        .query_map(params![f.name, f.algorithm, f.limit, f.skip], from_row)?
+        .query_map(
+            params![f.name, f.algorithm, f.id, f.size, f.limit, f.skip],
+            from_row,
+        )?
         .collect::<Result<Vec<_>, _>>()?;
     Ok((total, rows))
 }

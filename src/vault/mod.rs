@@ -3,12 +3,11 @@
 //! that never leaves it. Plaintext is never read out of the token; material a caller sends is
 //! pushed in at once and wiped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use base64::Engine;
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -21,6 +20,9 @@ use crate::pkcs11::selftest::describe_lengths;
 use crate::pkcs11::{Token, TokenError};
 use crate::store::vault::{ListFilter, VaultKeyRow};
 use crate::store::{Store, now_rfc3339};
+
+mod bodies;
+pub use bodies::{CreateKeyBody, CreateKeyQuery, ExportBody, KeyRefQuery, WrapRsaAes};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VaultAlgorithm {
@@ -143,26 +145,6 @@ impl Shape {
             _ => None,
         }
     }
-}
-
-/// `POST /api/v1/vault/keys2`.
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(non_snake_case)]
-pub struct CreateKeyBody {
-    pub name: Option<String>,
-    pub algorithm: Option<String>,
-    pub size: Option<u32>,
-    pub curveid: Option<String>,
-    /// Caller material: hex (or base64) for AES and HMAC, PEM for RSA and EC.
-    pub material: Option<SecretString>,
-    pub format: Option<String>,
-    pub encoding: Option<String>,
-    pub usageMask: Option<u32>,
-    pub meta: Option<Value>,
-    pub labels: Option<BTreeMap<String, String>>,
-    pub unexportable: Option<bool>,
-    pub undeletable: Option<bool>,
 }
 
 pub struct Vault {
@@ -639,39 +621,6 @@ pub fn unwrap_into<'s>(
     ops::check_unwrapped(session, obj.handle(), expected)
         .map_err(|e| TokenError::Refused(format!("vault key {}: {e}", row.id)))?;
     Ok(obj)
-}
-
-/// `POST /api/v1/vault/keys2/{id}/export`: always wrapped, never in the clear.
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(non_snake_case)]
-pub struct ExportBody {
-    pub wrapPublicKey: Option<String>,
-    pub wrapPublicKeyPadding: Option<String>,
-    pub wrappingEncryptionAlgo: Option<String>,
-    pub wrapRSAAES: Option<WrapRsaAes>,
-    pub wrappingMethod: Option<String>,
-    pub format: Option<String>,
-}
-
-impl ExportBody {
-    /// The wrapping key; its absence is a plaintext export, refused whoever asks.
-    pub fn wrapping_key_pem(&self) -> Result<&str, DomainError> {
-        self.wrapPublicKey.as_deref().ok_or_else(|| {
-            DomainError::Forbidden(
-                "plaintext export is refused by this bridge: ask for a wrapped export (wrapPublicKey)"
-                    .into(),
-            )
-        })
-    }
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(non_snake_case)]
-pub struct WrapRsaAes {
-    pub aesKeySize: Option<u32>,
-    pub padding: Option<String>,
 }
 
 fn padding_hash(

@@ -15,28 +15,6 @@ use hsm_bridge::pkcs11::keys::PrivateKind;
 
 const CM_USER: &str = "cckm";
 
-fn hash_password(pw: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(BIN)
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("hash-password");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{pw}\n").as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("output");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned()
-}
-
 /// The CM's peer user. No `[export]` section: the users' groups may export (the default).
 fn users_toml(password: &str) -> String {
     format!(

@@ -890,6 +890,29 @@ impl Drop for Bridge {
     }
 }
 
+/// An Argon2 hash of `pw` from `hsm-bridge hash-password`, for `[[users]]`.
+pub fn hash_password(pw: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(BIN)
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{pw}\n").as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
 pub fn mint_cli(config: &Path, user: &str, groups: &[&str]) -> String {
     let mut cmd = Command::new(BIN);
     cmd.arg("token")

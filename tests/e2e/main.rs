@@ -2,6 +2,7 @@
 
 mod auth;
 mod cli;
+mod compat;
 mod dsm;
 mod external;
 mod faults;
