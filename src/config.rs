@@ -6,9 +6,11 @@
 //! `HSM_BRIDGE__SERVER__LISTEN=127.0.0.1:9443`, `HSM_BRIDGE__TOKENS__0__PIN_FILE=/run/pin`,
 //! `HSM_BRIDGE__AUTH__ALLOWED_GROUPS='["admin","CCKM Admins"]'` (lists as JSON arrays).
 
+mod sync;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+pub use sync::SyncConfig;
 
 use serde::Deserialize;
 
@@ -28,6 +30,8 @@ pub struct Config {
     pub kms: Vec<KmsConfig>,
     #[serde(default)]
     pub cleanup: CleanupConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(default)]
@@ -680,6 +684,9 @@ impl Config {
                     "not a PHC password hash (make one with `hsm-bridge hash-password`)",
                 ));
             }
+        }
+        if let Err((key, why)) = self.sync.check() {
+            return Err(ConfigError::key(key, why));
         }
         if self.cleanup.interval_secs == 0 {
             return Err(ConfigError::key(

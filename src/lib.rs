@@ -1,7 +1,8 @@
 //! hsm-bridge: uploads keys into AWS KMS while their plaintext never leaves a PKCS#11 token.
+#![recursion_limit = "256"]
 
+pub mod background;
 pub mod cckm;
-pub mod cleanup;
 pub mod config;
 pub mod error;
 pub mod extcm;

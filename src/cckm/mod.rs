@@ -1,6 +1,9 @@
 //! The CCKM domain: the upload request and its validation, key policies, policy templates,
 //! the upload state machine, and the AWS key record.
 
+pub mod actions;
+pub mod manage;
+pub mod material;
 pub mod policy;
 pub mod record;
 pub mod request;

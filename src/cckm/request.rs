@@ -123,7 +123,7 @@ pub struct Tag {
 /// Tag keys the bridge sets itself.
 pub const TEMPLATE_TAG: &str = "cckm_policy_template_id";
 pub const UPLOAD_TAG: &str = "hsm-bridge-upload-id";
-const RESERVED_TAGS: [&str; 2] = [TEMPLATE_TAG, UPLOAD_TAG];
+pub const RESERVED_TAGS: [&str; 2] = [TEMPLATE_TAG, UPLOAD_TAG];
 
 fn tag_chars_ok(s: &str) -> bool {
     s.chars().all(|c| {
@@ -323,7 +323,7 @@ impl UploadKeyBody {
             return Err("aws_param.Description: at most 8192 characters".into());
         }
 
-        let tags = validate_tags(p.Tags.unwrap_or_default())?;
+        let tags = validate_tags(p.Tags.unwrap_or_default(), "aws_param.Tags", MAX_USER_TAGS)?;
 
         let valid_to = match (p.ValidTo.as_deref(), self.valid_to.as_deref()) {
             (Some(a), Some(b)) if a != b => {
@@ -404,9 +404,10 @@ impl UploadKeyBody {
     }
 }
 
-fn validate_tags(raw: Vec<TagBody>) -> Result<Vec<Tag>, String> {
-    if raw.len() > MAX_USER_TAGS {
-        return Err(format!("aws_param.Tags: at most {MAX_USER_TAGS} tags"));
+/// Checks tags against AWS's rules and the bridge's reserved keys; `field` names them in errors.
+pub fn validate_tags(raw: Vec<TagBody>, field: &str, most: usize) -> Result<Vec<Tag>, String> {
+    if raw.len() > most {
+        return Err(format!("{field}: at most {most} tags"));
     }
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(raw.len());
@@ -414,35 +415,29 @@ fn validate_tags(raw: Vec<TagBody>) -> Result<Vec<Tag>, String> {
         let k = &t.TagKey;
         let n = k.chars().count();
         if n == 0 || n > 128 {
-            return Err(format!("aws_param.Tags[{i}].TagKey: 1 to 128 characters"));
+            return Err(format!("{field}[{i}].TagKey: 1 to 128 characters"));
         }
         if k.to_ascii_lowercase().starts_with("aws:") {
-            return Err(format!(
-                "aws_param.Tags[{i}].TagKey: the aws: prefix is reserved"
-            ));
+            return Err(format!("{field}[{i}].TagKey: the aws: prefix is reserved"));
         }
         if RESERVED_TAGS.contains(&k.as_str()) {
-            return Err(format!(
-                "aws_param.Tags[{i}].TagKey: `{k}` is set by the bridge"
-            ));
+            return Err(format!("{field}[{i}].TagKey: `{k}` is set by the bridge"));
         }
         if !tag_chars_ok(k) {
             return Err(format!(
-                "aws_param.Tags[{i}].TagKey: only letters, digits, spaces and _ . : / = + - @ are allowed"
+                "{field}[{i}].TagKey: only letters, digits, spaces and _ . : / = + - @ are allowed"
             ));
         }
         if t.TagValue.chars().count() > 256 {
-            return Err(format!(
-                "aws_param.Tags[{i}].TagValue: at most 256 characters"
-            ));
+            return Err(format!("{field}[{i}].TagValue: at most 256 characters"));
         }
         if !tag_chars_ok(&t.TagValue) {
             return Err(format!(
-                "aws_param.Tags[{i}].TagValue: only letters, digits, spaces and _ . : / = + - @ are allowed"
+                "{field}[{i}].TagValue: only letters, digits, spaces and _ . : / = + - @ are allowed"
             ));
         }
         if !seen.insert(k.clone()) {
-            return Err(format!("aws_param.Tags[{i}].TagKey: `{k}` appears twice"));
+            return Err(format!("{field}[{i}].TagKey: `{k}` appears twice"));
         }
         out.push(Tag {
             key: t.TagKey,
@@ -453,14 +448,23 @@ fn validate_tags(raw: Vec<TagBody>) -> Result<Vec<Tag>, String> {
 }
 
 fn parse_valid_to(v: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
+    parse_valid_to_as(v, now, "aws_param.ValidTo")
+}
+
+/// An expiry as AWS takes it: RFC 3339, in the future, at most 365 days ahead.
+pub fn parse_valid_to_as(
+    v: &str,
+    now: OffsetDateTime,
+    field: &str,
+) -> Result<OffsetDateTime, String> {
     let t = OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {
-        format!("aws_param.ValidTo: `{v}` is not an RFC 3339 date-time (like 2027-01-31T12:00:00Z)")
+        format!("{field}: `{v}` is not an RFC 3339 date-time (like 2027-01-31T12:00:00Z)")
     })?;
     if t <= now {
-        return Err("aws_param.ValidTo: must be in the future".into());
+        return Err(format!("{field}: must be in the future"));
     }
     if t > now + time::Duration::days(365) {
-        return Err("aws_param.ValidTo: must be at most 365 days ahead".into());
+        return Err(format!("{field}: must be at most 365 days ahead"));
     }
     Ok(t)
 }

@@ -7,26 +7,19 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use cryptoki::mechanism::MechanismType;
-use cryptoki::object::ObjectHandle;
-use cryptoki::session::Session;
-use rsa::RsaPublicKey;
-use rsa::pkcs8::DecodePublicKey;
-use rsa::traits::PublicKeyParts;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::material::{self, AttemptStages, AwsWrap};
 use super::policy;
 use super::record::{self, Provenance};
 use super::request::{
     Expiry, PolicyChoice, TEMPLATE_TAG, UPLOAD_TAG, UploadKeyBody, UploadRequest,
 };
-use super::spec::WrappingAlgorithm;
+use super::spec::{KeySpec, KeyUsage};
 use crate::error::DomainError;
 use crate::kms::{self, CreateKeyInput, KmsConn, KmsError, KmsErrorKind, SharedKms};
-use crate::pkcs11::ops::{self, PrivateWrap};
-use crate::pkcs11::profile::OaepHash;
-use crate::pkcs11::{Token, TokenError};
+use crate::pkcs11::fingerprint::Fingerprint;
 use crate::store::attempts::{self, NewAttempt, state};
 use crate::store::{Store, now_rfc3339};
 use crate::tiers::{ResolvedSource, Tiers};
@@ -64,78 +57,20 @@ impl Drop for LiveGuard {
     }
 }
 
-/// How the source key is wrapped for AWS, chosen from what its token proved.
-#[derive(Debug, Clone, Copy)]
-enum AwsWrap {
-    /// A secret key: RSAES_OAEP_SHA_*.
-    Secret(OaepHash),
-    /// A private key: RSA_AES_KEY_WRAP_SHA_*.
-    Private(PrivateWrap),
-}
-
-impl AwsWrap {
-    fn choose(source: &ResolvedSource) -> Result<AwsWrap, DomainError> {
-        let token = &source.token;
-        let caps = token.capabilities().ok_or_else(|| {
-            DomainError::Internal(format!("token {} has no self-test result", token.name))
-        })?;
-        match source.private {
-            None => caps.best_oaep().map(AwsWrap::Secret).ok_or_else(|| {
-                DomainError::Unprocessable(format!(
-                    "token {} proved no RSA-OAEP wrap method",
-                    token.name
-                ))
-            }),
-            Some(kind) => caps
-                .private_wrap(kind)
-                .map(AwsWrap::Private)
-                .map_err(|why| {
-                    DomainError::Unprocessable(format!(
-                        "token {} cannot export {kind} keys exactly, so it refuses to upload them \
-                     (self-test: {why})",
-                        token.name
-                    ))
-                }),
-        }
-    }
-
-    fn algorithm(self) -> WrappingAlgorithm {
-        match self {
-            AwsWrap::Secret(OaepHash::Sha1) => WrappingAlgorithm::RsaesOaepSha1,
-            AwsWrap::Secret(OaepHash::Sha256) => WrappingAlgorithm::RsaesOaepSha256,
-            AwsWrap::Private(m) if m.hash() == OaepHash::Sha1 => {
-                WrappingAlgorithm::RsaAesKeyWrapSha1
-            }
-            AwsWrap::Private(_) => WrappingAlgorithm::RsaAesKeyWrapSha256,
-        }
-    }
-
-    fn wrapping_key_mechanism(self) -> MechanismType {
-        match self {
-            AwsWrap::Secret(_) => MechanismType::RSA_PKCS_OAEP,
-            AwsWrap::Private(m) => m.wrapping_key_mechanism(),
-        }
-    }
-
-    fn wrap(
-        self,
-        s: &Session,
-        wrapping: ObjectHandle,
-        key: ObjectHandle,
-    ) -> Result<Vec<u8>, TokenError> {
-        match self {
-            AwsWrap::Secret(hash) => ops::oaep_wrap(s, hash, wrapping, key),
-            AwsWrap::Private(m) => ops::rsa_aes_wrap(s, m, wrapping, key),
-        }
-    }
-
-    fn describe(self) -> String {
-        match self {
-            AwsWrap::Secret(hash) => format!("RSA-OAEP {hash}"),
-            AwsWrap::Private(m) => m.describe(),
-        }
-    }
-}
+/// The AWS calls of a complete upload, in order (the alias check, a DescribeKey of the
+/// alias, and CreateAlias only with an alias).
+const UPLOAD_CALLS: &[&str] = &[
+    "DescribeKey",
+    "CreateKey",
+    "GetParametersForImport",
+    "ImportKeyMaterial",
+    "CreateAlias",
+    "DescribeKey",
+    "GetKeyPolicy",
+    "ListAliases",
+    "ListResourceTags",
+    "GetKeyRotationStatus",
+];
 
 pub struct Uploader {
     pub kms: SharedKms,
@@ -147,6 +82,8 @@ pub struct Uploader {
 
 struct Ctx<'a> {
     attempt: String,
+    request_id: &'a str,
+    actor: &'a str,
     req: &'a UploadRequest,
     conn: &'a KmsConn,
     client: aws_sdk_kms::Client,
@@ -159,6 +96,7 @@ impl Uploader {
         &self,
         body: UploadKeyBody,
         request_id: &str,
+        actor: &str,
     ) -> Result<Value, DomainError> {
         let req = body
             .validate(OffsetDateTime::now_utc())
@@ -184,6 +122,15 @@ impl Uploader {
         let (policy_text, template_id) = self.policy_for(&req, &conn).await?;
         let source = self.tiers.resolve(req.tier, &req.source, req.spec).await?;
         let wrap = AwsWrap::choose(&source)?;
+        // Taken before anything reaches AWS, and checked again on the key that is wrapped: the
+        // record keeps it so that any later import can prove it carries the same material.
+        let fingerprint = match source.fingerprint(req.spec).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(error = %e, "the source key cannot be fingerprinted; a later import-material into this key cannot prove its material and will be refused");
+                None
+            }
+        };
         let client = self.kms.client(&conn, &req.region).await;
         if let Some(a) = &req.alias
             && kms::alias_exists(&client, a.as_str()).await?
@@ -250,6 +197,8 @@ impl Uploader {
         };
         let ctx = Ctx {
             attempt: attempt.clone(),
+            request_id,
+            actor,
             req: &req,
             conn: &conn,
             client,
@@ -258,7 +207,7 @@ impl Uploader {
         };
         tracing::info!(attempt = %attempt, key_id = %ctx.key_id, "AWS key created");
         match self
-            .complete(&ctx, source, wrap, template_id.as_deref())
+            .complete(&ctx, source, wrap, template_id.as_deref(), fingerprint)
             .await
         {
             Ok(record) => Ok(record),
@@ -271,12 +220,25 @@ impl Uploader {
         req: &UploadRequest,
         conn: &KmsConn,
     ) -> Result<(String, Option<String>), DomainError> {
+        self.policy_text(&req.policy, conn, req.spec, req.usage)
+            .await
+    }
+
+    /// The policy document a choice makes for a key of `spec` and `usage` in `conn`'s
+    /// account, and the template it came from.
+    pub async fn policy_text(
+        &self,
+        choice: &PolicyChoice,
+        conn: &KmsConn,
+        spec: KeySpec,
+        usage: KeyUsage,
+    ) -> Result<(String, Option<String>), DomainError> {
         let account = &conn.cfg.account_id;
-        Ok(match &req.policy {
+        Ok(match choice {
             PolicyChoice::Default => (policy::default_policy(account).to_string(), None),
             PolicyChoice::Explicit(text) => (text.clone(), None),
             PolicyChoice::Lists(l) => (
-                policy::from_lists(account, l, req.spec, req.usage).to_string(),
+                policy::from_lists(account, l, spec, usage).to_string(),
                 None,
             ),
             PolicyChoice::Template(t) => {
@@ -291,7 +253,7 @@ impl Uploader {
                         "policytemplate: template `{t}` belongs to another kms"
                     )));
                 }
-                let text = super::templates::policy_text(&tpl, account, req.spec, req.usage)
+                let text = super::templates::policy_text(&tpl, account, spec, usage)
                     .map_err(DomainError::Internal)?;
                 (text, tpl["id"].as_str().map(str::to_owned))
             }
@@ -316,6 +278,7 @@ impl Uploader {
         source: ResolvedSource,
         wrap: AwsWrap,
         template_id: Option<&str>,
+        fingerprint: Option<Fingerprint>,
     ) -> Result<Value, (&'static str, DomainError)> {
         let req = ctx.req;
         let key_id = ctx.key_id.as_str();
@@ -328,46 +291,6 @@ impl Uploader {
                 .map_err(|e| ("CreateKey", e.into()))?;
         }
 
-        self.stage(&ctx.attempt, "GetParametersForImport").await?;
-        let params = kms::get_parameters_for_import(&ctx.client, key_id, wrap.algorithm(), &wks)
-            .await
-            .map_err(|e| ("GetParametersForImport", e.into()))?;
-        let bad_key = |why: String| {
-            (
-                "GetParametersForImport",
-                DomainError::Kms(KmsError::upstream("GetParametersForImport", why)),
-            )
-        };
-        let public = RsaPublicKey::from_public_key_der(&params.public_key_der)
-            .map_err(|e| bad_key(format!("the wrapping key is not an RSA public key: {e}")))?;
-        let want_bits: usize = wks.trim_start_matches("RSA_").parse().unwrap_or(0);
-        if public.size() * 8 != want_bits {
-            return Err(bad_key(format!(
-                "a {}-bit wrapping key came back for {wks}",
-                public.size() * 8
-            )));
-        }
-        let modulus = public.n().to_bytes_be();
-        let exponent = public.e().to_bytes_be();
-
-        self.stage(&ctx.attempt, "Wrap").await?;
-        let token: Arc<Token> = source.token.clone();
-        let material = source.material.clone();
-        let wrapped = token
-            .run(move |s| {
-                let key = material.materialize(s)?;
-                let wrapping = ops::import_rsa_wrapping_key(
-                    s,
-                    &modulus,
-                    &exponent,
-                    wrap.wrapping_key_mechanism(),
-                )?;
-                wrap.wrap(s, wrapping.handle(), key.handle())
-            })
-            .await
-            .map_err(|e| ("Wrap", DomainError::token(&token.name)(e)))?;
-
-        self.stage(&ctx.attempt, "ImportKeyMaterial").await?;
         let valid_to = match req.expiry {
             Expiry::Never => None,
             Expiry::At(t) => Some(t),
@@ -376,9 +299,23 @@ impl Uploader {
             valid_to,
             description: req.material_description.as_deref(),
         };
-        kms::import_key_material(&ctx.client, key_id, &params, wrapped, &import)
-            .await
-            .map_err(|e| ("ImportKeyMaterial", e.into()))?;
+        let stages = AttemptStages {
+            store: &self.store,
+            attempt: &ctx.attempt,
+        };
+        material::wrap_and_import(
+            &ctx.client,
+            key_id,
+            &source,
+            req.spec,
+            wrap,
+            &wks,
+            &import,
+            fingerprint.as_ref(),
+            &stages,
+        )
+        .await?;
+        let token = source.token.clone();
 
         if let Some(a) = &req.alias {
             self.stage(&ctx.attempt, "CreateAlias").await?;
@@ -412,6 +349,7 @@ impl Uploader {
                 wrapping_key_spec: &wks,
                 upload_id: &ctx.attempt,
                 template_id,
+                fingerprint: fingerprint.as_ref(),
             },
         );
         if let (Expiry::At(t), Value::Null) = (req.expiry, &record["aws_param"]["ValidTo"]) {
@@ -427,9 +365,31 @@ impl Uploader {
             ctx.attempt.clone(),
         );
         let aliases = st.aliases.clone();
+        let (actor, request_id) = (ctx.actor.to_owned(), ctx.request_id.to_owned());
+        let detail = serde_json::json!({
+            "source_key_tier": req.tier.as_str(),
+            "source_key_identifier": req.source,
+            "wrapping_algorithm": wrap.algorithm().as_str(),
+            "token": token.name,
+            "upload_id": ctx.attempt,
+            "ValidTo": record["aws_param"]["ValidTo"],
+        });
         self.store
             .call(move |c| {
                 let tx = c.transaction()?;
+                crate::store::history::append(
+                    &tx,
+                    &crate::store::history::Entry {
+                        record_id: &id,
+                        key_id: &kid,
+                        action: "upload-key",
+                        actor: &actor,
+                        request_id: &request_id,
+                        outcome: "success",
+                        aws_calls: UPLOAD_CALLS,
+                        detail: &detail,
+                    },
+                )?;
                 crate::store::aws_keys::insert(
                     &tx,
                     &crate::store::aws_keys::AwsKeyRow {

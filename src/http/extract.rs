@@ -66,6 +66,13 @@ where
     }
 }
 
+/// A JSON body already read: parsed as [`ApiJson`] does, its unused CipherTrust fields logged.
+pub fn parse_body<T: DeserializeOwned + Vocabulary>(bytes: &[u8]) -> Result<T, ApiError> {
+    let v = parse_json::<T>(bytes)?;
+    log_unused("request body", &v);
+    Ok(v)
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(

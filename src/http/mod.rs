@@ -7,8 +7,10 @@ pub mod auth_tokens;
 pub mod aws_keys;
 pub mod error;
 pub mod extract;
+pub mod key_actions;
 pub mod server;
 pub mod state;
+pub mod sync_jobs;
 pub mod system;
 pub mod templates;
 pub mod upload;
@@ -31,7 +33,30 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     Routes::default()
         .at("/api/v1/cckm/aws/upload-key", post(upload::upload_key))
         .at("/api/v1/cckm/aws/keys", get(aws_keys::list))
-        .at("/api/v1/cckm/aws/keys/{id}", get(aws_keys::get_one))
+        .at(
+            "/api/v1/cckm/aws/keys/{id}",
+            get(aws_keys::get_one).delete(key_actions::forget),
+        )
+        .at(
+            "/api/v1/cckm/aws/keys/{id}/history",
+            get(key_actions::history),
+        )
+        .at(
+            "/api/v1/cckm/aws/keys/{id}/{action}",
+            post(key_actions::act),
+        )
+        .at(
+            "/api/v1/cckm/aws/synchronization-jobs",
+            post(sync_jobs::start).get(sync_jobs::list),
+        )
+        .at(
+            "/api/v1/cckm/aws/synchronization-jobs/{id}",
+            get(sync_jobs::get_one),
+        )
+        .at(
+            "/api/v1/cckm/aws/synchronization-jobs/{id}/cancel",
+            post(sync_jobs::cancel),
+        )
         .at(
             "/api/v1/cckm/aws/templates",
             post(templates::create).get(templates::list),

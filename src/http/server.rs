@@ -12,8 +12,8 @@ use secrecy::ExposeSecret;
 use super::app;
 use super::auth::Authenticator;
 use super::state::AppState;
+use crate::background::cleanup::Cleaner;
 use crate::cckm::upload::{LiveAttempts, Uploader};
-use crate::cleanup::Cleaner;
 use crate::config::Config;
 use crate::extcm::CmClient;
 use crate::http::auth::Issuer;
@@ -157,9 +157,21 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         live: live.clone(),
         detailed_errors: cfg.logging.detailed_errors,
     });
+    let keys = Arc::new(crate::cckm::manage::KeyManager {
+        uploader: uploader.clone(),
+    });
+    let sync = Arc::new(crate::background::sync::Synchronizer::new(
+        keys.clone(),
+        store.clone(),
+        cfg.sync.keys_per_second,
+        (cfg.sync.interval_secs > 0).then(|| Duration::from_secs(cfg.sync.interval_secs)),
+    ));
+    tokio::spawn(sync.clone().run_forever());
     let state = AppState {
         auth: Arc::new(auth),
         uploader,
+        keys,
+        sync,
         vault,
         store: store.clone(),
         kms: kms.clone(),

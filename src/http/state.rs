@@ -13,6 +13,8 @@ use crate::vault::Vault;
 pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub uploader: Arc<Uploader>,
+    pub keys: Arc<crate::cckm::manage::KeyManager>,
+    pub sync: Arc<crate::background::sync::Synchronizer>,
     pub vault: Arc<Vault>,
     pub store: Store,
     pub kms: Arc<KmsRegistry>,

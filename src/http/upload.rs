@@ -21,8 +21,9 @@ pub async fn upload_key(
     // sequence short, which would leave its cleanup to the next cleaner pass.
     let uploader = state.uploader.clone();
     let request_id = current_request_id();
+    let actor = caller.user.clone();
     let record = tokio::spawn(
-        async move { uploader.upload(body, &request_id).await }
+        async move { uploader.upload(body, &request_id, &actor).await }
             .instrument(tracing::Span::current()),
     )
     .await

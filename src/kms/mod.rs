@@ -1,6 +1,7 @@
 //! AWS KMS: one client per configured connection and region, the calls of the import flow,
 //! and the mapping of AWS failures to what the caller is told.
 
+pub mod actions;
 pub mod error;
 
 use std::collections::HashMap;
@@ -247,6 +248,8 @@ pub struct KeyState {
     pub policy: String,
     pub aliases: Vec<String>,
     pub tags: Vec<(String, String)>,
+    /// GetKeyRotationStatus; `false` where AWS does not rotate the key (imported material).
+    pub rotation_enabled: bool,
 }
 
 pub async fn read_state(client: &Client, key_id: &str) -> Result<KeyState, KmsError> {
@@ -307,11 +310,25 @@ pub async fn read_state(client: &Client, key_id: &str) -> Result<KeyState, KmsEr
             _ => break,
         }
     }
+    let rotation_enabled = match client.get_key_rotation_status().key_id(key_id).send().await {
+        Ok(out) => out.key_rotation_enabled,
+        Err(e) => {
+            let err = KmsError::from_sdk("GetKeyRotationStatus", e);
+            // Imported keys do not rotate automatically; AWS says so as an unsupported
+            // operation (or, pending deletion, an invalid state).
+            if err.answered() && err.kind != KmsErrorKind::NotFound {
+                false
+            } else {
+                return Err(err);
+            }
+        }
+    };
     Ok(KeyState {
         metadata,
         policy,
         aliases,
         tags,
+        rotation_enabled,
     })
 }
 

@@ -428,6 +428,18 @@ pub fn spki_fingerprint(der: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
 }
 
+/// The DER of a `PUBLIC KEY` PEM block (SubjectPublicKeyInfo), if the text is one.
+pub fn spki_der_from_pem(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let body = pem
+        .trim()
+        .strip_prefix("-----BEGIN PUBLIC KEY-----")?
+        .trim_end()
+        .strip_suffix("-----END PUBLIC KEY-----")?;
+    let b64: String = body.split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
 pub fn spki_pem(der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);

@@ -2,6 +2,7 @@
 //! self-test, and the in-token wrap and unwrap operations.
 
 pub mod error;
+pub mod fingerprint;
 pub mod keys;
 pub mod mechanism_ext;
 pub mod ops;

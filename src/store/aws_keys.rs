@@ -51,6 +51,90 @@ pub fn get(conn: &rusqlite::Connection, id: &str) -> Result<Option<Value>, Store
     text.map(parse).transpose()
 }
 
+/// What the bridge needs to act on a record: where its key is, and the record itself.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub id: String,
+    pub key_id: String,
+    pub kms_id: String,
+    pub region: String,
+    pub record: Value,
+}
+
+/// By record id, AWS key id or ARN (the newest record of a key id).
+pub fn locate(conn: &rusqlite::Connection, id: &str) -> Result<Option<Located>, StoreError> {
+    let row: Option<(String, String, String, String, String)> = conn
+        .query_row(
+            "SELECT id, key_id, kms_id, region, record FROM aws_keys \
+             WHERE id = ?1 OR key_id = ?1 OR arn = ?1 ORDER BY created_at DESC LIMIT 1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    row.map(|(id, key_id, kms_id, region, text)| {
+        Ok(Located {
+            id,
+            key_id,
+            kms_id,
+            region,
+            record: parse(text)?,
+        })
+    })
+    .transpose()
+}
+
+/// Replaces a record (and the aliases it is found by).
+pub fn update(
+    conn: &rusqlite::Connection,
+    id: &str,
+    record: &Value,
+    aliases: &[String],
+    updated_at: &str,
+) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE aws_keys SET record = ?2, aliases = ?3, updated_at = ?4 WHERE id = ?1",
+        params![
+            id,
+            record.to_string(),
+            serde_json::to_string(aliases).unwrap_or_else(|_| "[]".into()),
+            updated_at
+        ],
+    )? == 1)
+}
+
+pub fn delete(conn: &rusqlite::Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute("DELETE FROM aws_keys WHERE id = ?1", [id])? == 1)
+}
+
+/// The ids of the records in the given kms connections and regions (empty: all), oldest
+/// synchronized first.
+pub fn ids_for_sync(
+    conn: &rusqlite::Connection,
+    kms_ids: &[String],
+    regions: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, kms_id, region FROM aws_keys ORDER BY json_extract(record, '$.synced_at'), id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, k, r)| {
+            (kms_ids.is_empty() || kms_ids.contains(k))
+                && (regions.is_empty() || regions.contains(r))
+        })
+        .map(|(id, _, _)| id)
+        .collect())
+}
+
 #[derive(Default)]
 pub struct ListFilter {
     pub id: Option<String>,

@@ -3,7 +3,9 @@
 
 pub mod attempts;
 pub mod aws_keys;
+pub mod history;
 pub mod refresh;
+pub mod sync_jobs;
 pub mod templates;
 pub mod vault;
 
@@ -112,6 +114,41 @@ ALTER TABLE refresh_tokens ADD COLUMN family TEXT;
 ALTER TABLE refresh_tokens ADD COLUMN retired_at TEXT;
 UPDATE refresh_tokens SET family = id WHERE family IS NULL;
 CREATE INDEX refresh_tokens_family ON refresh_tokens(family);
+"#,
+    // The life of each AWS key after its upload: what was done to it, by whom, with which AWS
+    // calls; synchronization jobs; and why a record is marked gone.
+    r#"
+CREATE TABLE key_history (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    record_id   TEXT NOT NULL,
+    key_id      TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    aws_calls   TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    at          TEXT NOT NULL
+);
+CREATE INDEX key_history_record ON key_history(record_id, seq);
+CREATE TABLE sync_jobs (
+    id          TEXT PRIMARY KEY,
+    kms_ids     TEXT NOT NULL,
+    regions     TEXT NOT NULL,
+    origin      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    total       INTEGER NOT NULL DEFAULT 0,
+    done        INTEGER NOT NULL DEFAULT 0,
+    changed     INTEGER NOT NULL DEFAULT 0,
+    gone        INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    error       TEXT,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE INDEX sync_jobs_status ON sync_jobs(status);
 "#,
 ];
 

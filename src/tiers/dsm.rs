@@ -331,6 +331,7 @@ impl Tier for DsmTier {
             local_key_name: identifier.to_owned(),
             private: None,
             material: fetched,
+            public_spki: None,
         })
     }
 }

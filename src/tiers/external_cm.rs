@@ -280,6 +280,9 @@ impl Tier for ExternalCmTier {
                 Transport::Secret { .. } => None,
             },
             material: transported,
+            public_spki: meta["publickey"]
+                .as_str()
+                .and_then(crate::pkcs11::keys::spki_der_from_pem),
         })
     }
 }

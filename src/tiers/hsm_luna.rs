@@ -53,6 +53,24 @@ impl Materialize for ResidentKey {
             )),
         }
     }
+
+    /// The public key object found the way the private key was (same label or CKA_ID).
+    fn public_spki(&self, session: &Session) -> Result<Option<Vec<u8>>, TokenError> {
+        let public = match &self.0 {
+            Lookup::Label(_, l) => Lookup::Label(ObjectClass::PUBLIC_KEY, l.clone()),
+            Lookup::Id(_, i) => Lookup::Id(ObjectClass::PUBLIC_KEY, i.clone()),
+        };
+        let [private] = self.0.find(session)?[..] else {
+            return Ok(None);
+        };
+        let Some(kind) = ops::private_key_kind(session, private)? else {
+            return Ok(None);
+        };
+        match public.find(session)?[..] {
+            [h] => ops::public_key_spki(session, h, kind).map(Some),
+            _ => Ok(None),
+        }
+    }
 }
 
 fn is_hmac_type(k: KeyType) -> bool {
@@ -204,6 +222,7 @@ impl Tier for HsmLunaTier {
             local_key_name: hit.facts.label.clone(),
             private: hit.private,
             material: Arc::new(ResidentKey(hit.lookup)),
+            public_spki: None,
         })
     }
 }

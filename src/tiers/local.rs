@@ -93,12 +93,17 @@ impl Tier for LocalTier {
             .run(move |s| crate::vault::unwrap_into(s, &probe).map(|_| ()))
             .await
             .map_err(DomainError::token(&token.name))?;
+        let public_spki = row
+            .public_key
+            .as_deref()
+            .and_then(crate::pkcs11::keys::spki_der_from_pem);
         Ok(ResolvedSource {
             token,
             local_key_id: row.id.clone(),
             local_key_name: row.name.clone(),
             private,
             material: Arc::new(StoredKey(row)),
+            public_spki,
         })
     }
 }

@@ -13,6 +13,7 @@ use cryptoki::session::Session;
 
 use crate::cckm::spec::{KeySpec, SourceTier};
 use crate::error::DomainError;
+use crate::pkcs11::fingerprint::{self, Fingerprint, Subject};
 use crate::pkcs11::keys::PrivateKind;
 use crate::pkcs11::ops::SessionObject;
 use crate::pkcs11::{Token, TokenError};
@@ -35,6 +36,12 @@ impl InToken<'_> {
 /// Brings a resolved source key into a session of its token.
 pub trait Materialize: Send + Sync {
     fn materialize<'s>(&self, session: &'s Session) -> Result<InToken<'s>, TokenError>;
+
+    /// The public key (SubjectPublicKeyInfo DER) of a private key, where its token holds it
+    /// beside the key.
+    fn public_spki(&self, _session: &Session) -> Result<Option<Vec<u8>>, TokenError> {
+        Ok(None)
+    }
 }
 
 /// A source key found and checked against the requested key spec.
@@ -46,6 +53,38 @@ pub struct ResolvedSource {
     /// `Some` for private keys (wrapped with RSA_AES_KEY_WRAP), `None` for secret keys.
     pub private: Option<PrivateKind>,
     pub material: Arc<dyn Materialize>,
+    /// The public key of a private key, as the source knows it (vault row, CM answer).
+    pub public_spki: Option<Vec<u8>>,
+}
+
+impl ResolvedSource {
+    /// What kind of key the fingerprint is taken of.
+    pub fn subject(&self, spec: KeySpec) -> Subject {
+        match (self.private, spec) {
+            (Some(kind), _) => Subject::Private(kind),
+            (None, KeySpec::SymmetricDefault) => Subject::Aes,
+            (None, _) => Subject::Hmac,
+        }
+    }
+
+    /// The fingerprint of the source key's material, computed in its token (see
+    /// [`fingerprint`]): what proves a later import carries the same material.
+    pub async fn fingerprint(&self, spec: KeySpec) -> Result<Fingerprint, DomainError> {
+        let subject = self.subject(spec);
+        let material = self.material.clone();
+        let known = self.public_spki.clone();
+        self.token
+            .run(move |s| {
+                let key = material.materialize(s)?;
+                let public = match (&subject, known) {
+                    (Subject::Private(_), None) => material.public_spki(s)?,
+                    (_, known) => known,
+                };
+                fingerprint::compute(s, key.handle(), subject, public.as_deref())
+            })
+            .await
+            .map_err(DomainError::token(&self.token.name))
+    }
 }
 
 /// One tier: find the key, check it fits, create nothing.

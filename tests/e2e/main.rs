@@ -7,6 +7,7 @@ mod dsm;
 mod external;
 mod faults;
 mod harness;
+mod manage;
 mod policy;
 mod private;
 mod proxy;

@@ -39,6 +39,10 @@ fn body(
     })
 }
 
+fn label_alias(i: usize) -> String {
+    format!("luna/{i}")
+}
+
 fn spki_from_pem(pem: &str) -> Vec<u8> {
     use base64::Engine;
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
@@ -115,6 +119,7 @@ async fn kryoptic_uploads_every_private_key_spec_from_both_tiers_proven_in_kms()
             "RSA_AES_KEY_WRAP_SHA_256"
         );
         let key = r["aws_param"]["KeyID"].as_str().expect("id").to_owned();
+        crate::upload::assert_record(&b, &r, spec_of(*kind), "hsm-luna", &label_alias(i)).await;
         prove_private(&kms, &key, usage, &material(&luna[i])).await;
 
         // local: the same spec from a vault key imported as PEM.

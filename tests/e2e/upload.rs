@@ -82,9 +82,29 @@ pub async fn assert_record(bridge: &Bridge, r: &Value, spec: &str, tier: &str, a
         "Alias",
         "Policy",
         "Tags",
+        "DeletionDate",
+        "EncryptionAlgorithms",
+        "SigningAlgorithms",
+        "MacAlgorithms",
     ] {
         assert!(p.get(f).is_some(), "aws_param lacks {f}: {p}");
     }
+    for f in ["EncryptionAlgorithms", "SigningAlgorithms", "MacAlgorithms"] {
+        assert!(p[f].is_array(), "{f} is a list: {p}");
+    }
+    assert!(
+        r.get("deletion_date").is_some() && r.get("gone_reason").is_some(),
+        "{r}"
+    );
+    assert_eq!(r["gone"], false);
+    assert!(
+        p["Tags"]
+            .as_array()
+            .expect("Tags")
+            .iter()
+            .all(|t| t["TagKey"] != "hsm-bridge-upload-id"),
+        "the bridge's own upload tag is not among the user's tags: {p}"
+    );
     let key_id = p["KeyID"].as_str().expect("KeyID");
     assert_eq!(r["kms"], bridge.kms_name);
     assert_eq!(r["kms_id"], bridge.kms_id);
@@ -103,8 +123,11 @@ pub async fn assert_record(bridge: &Bridge, r: &Value, spec: &str, tier: &str, a
     assert_eq!(p["KeyState"], "Enabled");
     assert_eq!(p["Enabled"], true);
     assert_eq!(p["Alias"], json!([format!("alias/{alias}")]));
-    let policy: Value =
-        serde_json::from_str(p["Policy"].as_str().expect("policy text")).expect("policy JSON");
+    let policy = &p["Policy"];
+    assert!(
+        policy.is_object(),
+        "aws_param.Policy is an object: {policy}"
+    );
     assert!(policy["Statement"].is_array());
     for d in ["createdAt", "updatedAt", "synced_at"] {
         time::OffsetDateTime::parse(
@@ -128,6 +151,46 @@ pub async fn assert_record(bridge: &Bridge, r: &Value, spec: &str, tier: &str, a
         p["ExpirationModel"].as_str(),
         m.expiration_model().map(|e| e.as_str())
     );
+    let algs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .expect("list")
+            .iter()
+            .map(|a| a.as_str().expect("name").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        algs(&p["EncryptionAlgorithms"]),
+        m.encryption_algorithms()
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        algs(&p["SigningAlgorithms"]),
+        m.signing_algorithms()
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        algs(&p["MacAlgorithms"]),
+        m.mac_algorithms()
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect::<Vec<_>>()
+    );
+    let policy_in_aws: Value = serde_json::from_str(
+        kms.get_key_policy()
+            .key_id(key_id)
+            .policy_name("default")
+            .send()
+            .await
+            .expect("GetKeyPolicy")
+            .policy()
+            .expect("policy"),
+    )
+    .expect("policy JSON");
+    assert_eq!(p["Policy"], policy_in_aws, "the record's policy is AWS's");
     let aliases = kms
         .list_aliases()
         .key_id(key_id)

@@ -1,0 +1,185 @@
+//! Synchronization: re-reads every record (or those of some kms connections and regions) from
+//! AWS, paced to a configured number of keys per second, one job at a time. A periodic job
+//! runs every `sync.interval_secs`; others are started with `POST
+//! /api/v1/cckm/aws/synchronization-jobs`. Progress is kept in the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use crate::cckm::manage::{KeyManager, Synced};
+use crate::error::DomainError;
+use crate::store::sync_jobs::{self, Progress, SyncJob, status};
+use crate::store::{Store, aws_keys};
+
+pub struct Synchronizer {
+    pub manager: Arc<KeyManager>,
+    pub store: Store,
+    pub keys_per_second: u32,
+    pub interval: Option<Duration>,
+    /// One job runs at a time; the others wait (`queued`).
+    running: Mutex<()>,
+}
+
+impl Synchronizer {
+    pub fn new(
+        manager: Arc<KeyManager>,
+        store: Store,
+        keys_per_second: u32,
+        interval: Option<Duration>,
+    ) -> Self {
+        Self {
+            manager,
+            store,
+            keys_per_second: keys_per_second.max(1),
+            interval,
+            running: Mutex::new(()),
+        }
+    }
+
+    /// Records a job and starts it in the background.
+    pub async fn start(
+        self: &Arc<Self>,
+        kms: Vec<String>,
+        regions: Vec<String>,
+        origin: &'static str,
+    ) -> Result<SyncJob, DomainError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (i, k, r) = (id.clone(), kms.clone(), regions.clone());
+        let job = self
+            .store
+            .call(move |c| {
+                sync_jobs::create(c, &i, &k, &r, origin)?;
+                sync_jobs::get(c, &i)
+            })
+            .await?
+            .ok_or_else(|| DomainError::Internal("the new synchronization job vanished".into()))?;
+        let me = self.clone();
+        tokio::spawn(async move { me.run(&id, &kms, &regions).await });
+        Ok(job)
+    }
+
+    async fn cancelled(&self, id: &str) -> bool {
+        let i = id.to_owned();
+        matches!(
+            self.store.call(move |c| sync_jobs::get(c, &i)).await,
+            Ok(Some(j)) if j.status == status::CANCELLED
+        )
+    }
+
+    async fn run(&self, id: &str, kms: &[String], regions: &[String]) {
+        let _one_at_a_time = self.running.lock().await;
+        if self.cancelled(id).await {
+            return;
+        }
+        let (k, r) = (kms.to_vec(), regions.to_vec());
+        let ids = match self
+            .store
+            .call(move |c| aws_keys::ids_for_sync(c, &k, &r))
+            .await
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.end(id, status::ERROR, Some(&e.to_string())).await;
+                return;
+            }
+        };
+        let mut p = Progress {
+            total: ids.len() as u64,
+            done: 0,
+            changed: 0,
+            gone: 0,
+            failed: 0,
+        };
+        self.report(id, &p, status::IN_PROGRESS).await;
+        let mut pace = tokio::time::interval(Duration::from_secs_f64(
+            1.0 / f64::from(self.keys_per_second),
+        ));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_error = None;
+        for rid in ids {
+            pace.tick().await;
+            if self.cancelled(id).await {
+                self.report(id, &p, status::CANCELLED).await;
+                return;
+            }
+            match self.manager.sync(&rid).await {
+                Ok((Synced::Changed, _)) => p.changed += 1,
+                Ok((Synced::Unchanged, _)) => {}
+                Ok((Synced::Gone(why), _)) => {
+                    tracing::warn!(record = %rid, reason = %why, "key is gone from AWS");
+                    p.gone += 1;
+                }
+                // A record removed meanwhile is not a failure.
+                Err(DomainError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(record = %rid, error = %e, "could not synchronize a key");
+                    last_error = Some(e.public_message());
+                    p.failed += 1;
+                }
+            }
+            p.done += 1;
+            self.report(id, &p, status::IN_PROGRESS).await;
+        }
+        let end = if p.failed > 0 {
+            status::ERROR
+        } else {
+            status::COMPLETED
+        };
+        let why = last_error.map(|e| format!("{} keys could not be read; last: {e}", p.failed));
+        self.end(id, end, why.as_deref()).await;
+        tracing::info!(job = %id, total = p.total, changed = p.changed, gone = p.gone, failed = p.failed, "synchronization done");
+    }
+
+    async fn report(&self, id: &str, p: &Progress, state: &'static str) {
+        let i = id.to_owned();
+        let p = *p;
+        if let Err(e) = self
+            .store
+            .call(move |c| sync_jobs::progress(c, &i, &p, state))
+            .await
+        {
+            tracing::error!(error = %e, "could not record synchronization progress");
+        }
+    }
+
+    async fn end(&self, id: &str, state: &'static str, error: Option<&str>) {
+        let (i, e) = (id.to_owned(), error.map(str::to_owned));
+        if let Err(e) = self
+            .store
+            .call(move |c| sync_jobs::finish(c, &i, state, e.as_deref()))
+            .await
+        {
+            tracing::error!(error = %e, "could not record the end of a synchronization");
+        }
+    }
+
+    /// The periodic synchronization (nothing when it is off). Jobs a previous process left
+    /// running are closed first.
+    pub async fn run_forever(self: Arc<Self>) {
+        match self.store.call(|c| sync_jobs::abandon_unfinished(c)).await {
+            Ok(n) if n > 0 => tracing::warn!(
+                jobs = n,
+                "synchronization jobs of a previous run were left unfinished"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not close unfinished synchronization jobs")
+            }
+        }
+        let Some(every) = self.interval else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            match self.start(Vec::new(), Vec::new(), "periodic").await {
+                // Wait for it, so that periodic jobs never pile up.
+                Ok(_) => drop(self.running.lock().await),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start the periodic synchronization")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Material into an AWS key, wrapped in the token: the one path every import takes (upload,
+//! re-import): a fresh GetParametersForImport, the AWS wrapping key imported into the token as a
+//! session object restricted to its mechanism, the source key made resident, its fingerprint
+//! checked against the one expected, `C_WrapKey`, then ImportKeyMaterial.
+
+use cryptoki::mechanism::MechanismType;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+use rsa::RsaPublicKey;
+use rsa::pkcs8::DecodePublicKey;
+use rsa::traits::PublicKeyParts;
+
+use super::spec::{KeySpec, WrappingAlgorithm};
+use crate::error::DomainError;
+use crate::kms::{self, KmsError, MaterialImport};
+use crate::pkcs11::TokenError;
+use crate::pkcs11::fingerprint::{self, Fingerprint};
+use crate::pkcs11::ops::{self, PrivateWrap};
+use crate::pkcs11::profile::OaepHash;
+use crate::store::Store;
+use crate::tiers::ResolvedSource;
+
+/// How the source key is wrapped for AWS, chosen from what its token proved.
+#[derive(Debug, Clone, Copy)]
+pub enum AwsWrap {
+    /// A secret key: RSAES_OAEP_SHA_*.
+    Secret(OaepHash),
+    /// A private key: RSA_AES_KEY_WRAP_SHA_*.
+    Private(PrivateWrap),
+}
+
+impl AwsWrap {
+    pub fn choose(source: &ResolvedSource) -> Result<AwsWrap, DomainError> {
+        let token = &source.token;
+        let caps = token.capabilities().ok_or_else(|| {
+            DomainError::Internal(format!("token {} has no self-test result", token.name))
+        })?;
+        match source.private {
+            None => caps.best_oaep().map(AwsWrap::Secret).ok_or_else(|| {
+                DomainError::Unprocessable(format!(
+                    "token {} proved no RSA-OAEP wrap method",
+                    token.name
+                ))
+            }),
+            Some(kind) => caps
+                .private_wrap(kind)
+                .map(AwsWrap::Private)
+                .map_err(|why| {
+                    DomainError::Unprocessable(format!(
+                        "token {} cannot export {kind} keys exactly, so it refuses to upload them \
+                     (self-test: {why})",
+                        token.name
+                    ))
+                }),
+        }
+    }
+
+    pub fn algorithm(self) -> WrappingAlgorithm {
+        match self {
+            AwsWrap::Secret(OaepHash::Sha1) => WrappingAlgorithm::RsaesOaepSha1,
+            AwsWrap::Secret(OaepHash::Sha256) => WrappingAlgorithm::RsaesOaepSha256,
+            AwsWrap::Private(m) if m.hash() == OaepHash::Sha1 => {
+                WrappingAlgorithm::RsaAesKeyWrapSha1
+            }
+            AwsWrap::Private(_) => WrappingAlgorithm::RsaAesKeyWrapSha256,
+        }
+    }
+
+    fn wrapping_key_mechanism(self) -> MechanismType {
+        match self {
+            AwsWrap::Secret(_) => MechanismType::RSA_PKCS_OAEP,
+            AwsWrap::Private(m) => m.wrapping_key_mechanism(),
+        }
+    }
+
+    fn wrap(
+        self,
+        s: &Session,
+        wrapping: ObjectHandle,
+        key: ObjectHandle,
+    ) -> Result<Vec<u8>, TokenError> {
+        match self {
+            AwsWrap::Secret(hash) => ops::oaep_wrap(s, hash, wrapping, key),
+            AwsWrap::Private(m) => ops::rsa_aes_wrap(s, m, wrapping, key),
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            AwsWrap::Secret(hash) => format!("RSA-OAEP {hash}"),
+            AwsWrap::Private(m) => m.describe(),
+        }
+    }
+}
+
+/// Where an import stands, for whoever keeps track (an upload attempt's stage).
+pub trait Stages: Sync {
+    fn enter(
+        &self,
+        stage: &'static str,
+    ) -> impl std::future::Future<Output = Result<(), DomainError>> + Send;
+}
+
+/// An upload attempt: each stage is journaled before it runs.
+pub struct AttemptStages<'a> {
+    pub store: &'a Store,
+    pub attempt: &'a str,
+}
+
+impl Stages for AttemptStages<'_> {
+    async fn enter(&self, stage: &'static str) -> Result<(), DomainError> {
+        let id = self.attempt.to_owned();
+        self.store
+            .call(move |c| crate::store::attempts::stage(c, &id, stage))
+            .await
+            .map_err(DomainError::from)
+    }
+}
+
+/// Nobody keeps track: a key action records its outcome in the key's history instead.
+pub struct Untracked;
+
+impl Stages for Untracked {
+    async fn enter(&self, _stage: &'static str) -> Result<(), DomainError> {
+        Ok(())
+    }
+}
+
+/// GetParametersForImport, wrap in the token, ImportKeyMaterial. When `expected` is given, the
+/// key about to be wrapped is fingerprinted in the same session first and must match: a key
+/// swapped in the source between checks is never sent. Errors name the stage they failed at.
+#[allow(clippy::too_many_arguments)]
+pub async fn wrap_and_import(
+    client: &aws_sdk_kms::Client,
+    key_id: &str,
+    source: &ResolvedSource,
+    spec: KeySpec,
+    wrap: AwsWrap,
+    wrapping_key_spec: &str,
+    import: &MaterialImport<'_>,
+    expected: Option<&Fingerprint>,
+    stages: &impl Stages,
+) -> Result<(), (&'static str, DomainError)> {
+    let wks = wrapping_key_spec;
+    let at = |stage: &'static str| move |e: DomainError| (stage, e);
+    stages
+        .enter("GetParametersForImport")
+        .await
+        .map_err(at("GetParametersForImport"))?;
+    let params = kms::get_parameters_for_import(client, key_id, wrap.algorithm(), wks)
+        .await
+        .map_err(|e| ("GetParametersForImport", e.into()))?;
+    let bad_key = |why: String| {
+        (
+            "GetParametersForImport",
+            DomainError::Kms(KmsError::upstream("GetParametersForImport", why)),
+        )
+    };
+    let public = RsaPublicKey::from_public_key_der(&params.public_key_der)
+        .map_err(|e| bad_key(format!("the wrapping key is not an RSA public key: {e}")))?;
+    let want_bits: usize = wks.trim_start_matches("RSA_").parse().unwrap_or(0);
+    if public.size() * 8 != want_bits {
+        return Err(bad_key(format!(
+            "a {}-bit wrapping key came back for {wks}",
+            public.size() * 8
+        )));
+    }
+    let modulus = public.n().to_bytes_be();
+    let exponent = public.e().to_bytes_be();
+
+    stages.enter("Wrap").await.map_err(at("Wrap"))?;
+    let token = source.token.clone();
+    let material = source.material.clone();
+    let subject = source.subject(spec);
+    let known_public = source.public_spki.clone();
+    let expected = expected.cloned();
+    let wrapped = token
+        .run(move |s| {
+            let key = material.materialize(s)?;
+            if let Some(want) = &expected {
+                let public = match (&subject, known_public) {
+                    (fingerprint::Subject::Private(_), None) => material.public_spki(s)?,
+                    (_, known) => known,
+                };
+                let got = fingerprint::compute(s, key.handle(), subject, public.as_deref())?;
+                if &got != want {
+                    return Err(TokenError::Refused(
+                        "the source key no longer holds the material it was checked to hold".into(),
+                    ));
+                }
+            }
+            let wrapping = ops::import_rsa_wrapping_key(
+                s,
+                &modulus,
+                &exponent,
+                wrap.wrapping_key_mechanism(),
+            )?;
+            wrap.wrap(s, wrapping.handle(), key.handle())
+        })
+        .await
+        .map_err(|e| ("Wrap", DomainError::token(&token.name)(e)))?;
+
+    stages
+        .enter("ImportKeyMaterial")
+        .await
+        .map_err(at("ImportKeyMaterial"))?;
+    kms::import_key_material(client, key_id, &params, wrapped, import)
+        .await
+        .map_err(|e| ("ImportKeyMaterial", e.into()))
+}

@@ -1,0 +1,129 @@
+//! The KMS calls of the key actions after an upload, one function each, so that every one maps
+//! AWS's errors the same way.
+
+use aws_sdk_kms::Client;
+use aws_sdk_kms::types::Tag;
+
+use super::KmsError;
+
+pub async fn enable(client: &Client, key_id: &str) -> Result<(), KmsError> {
+    client
+        .enable_key()
+        .key_id(key_id)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("EnableKey", e))?;
+    Ok(())
+}
+
+pub async fn disable(client: &Client, key_id: &str) -> Result<(), KmsError> {
+    client
+        .disable_key()
+        .key_id(key_id)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("DisableKey", e))?;
+    Ok(())
+}
+
+pub async fn schedule_deletion(client: &Client, key_id: &str, days: i32) -> Result<(), KmsError> {
+    client
+        .schedule_key_deletion()
+        .key_id(key_id)
+        .pending_window_in_days(days)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("ScheduleKeyDeletion", e))?;
+    Ok(())
+}
+
+pub async fn cancel_deletion(client: &Client, key_id: &str) -> Result<(), KmsError> {
+    client
+        .cancel_key_deletion()
+        .key_id(key_id)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("CancelKeyDeletion", e))?;
+    Ok(())
+}
+
+pub async fn delete_material(client: &Client, key_id: &str) -> Result<(), KmsError> {
+    client
+        .delete_imported_key_material()
+        .key_id(key_id)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("DeleteImportedKeyMaterial", e))?;
+    Ok(())
+}
+
+pub async fn delete_alias(client: &Client, alias: &str) -> Result<(), KmsError> {
+    client
+        .delete_alias()
+        .alias_name(alias)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("DeleteAlias", e))?;
+    Ok(())
+}
+
+pub async fn tag(client: &Client, key_id: &str, tags: &[(String, String)]) -> Result<(), KmsError> {
+    let mut req = client.tag_resource().key_id(key_id);
+    for (k, v) in tags {
+        req = req.tags(
+            Tag::builder()
+                .tag_key(k)
+                .tag_value(v)
+                .build()
+                .map_err(|e| KmsError::internal("TagResource", e.to_string()))?,
+        );
+    }
+    req.send()
+        .await
+        .map_err(|e| KmsError::from_sdk("TagResource", e))?;
+    Ok(())
+}
+
+pub async fn untag(client: &Client, key_id: &str, keys: &[String]) -> Result<(), KmsError> {
+    client
+        .untag_resource()
+        .key_id(key_id)
+        .set_tag_keys(Some(keys.to_vec()))
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("UntagResource", e))?;
+    Ok(())
+}
+
+pub async fn update_description(
+    client: &Client,
+    key_id: &str,
+    description: &str,
+) -> Result<(), KmsError> {
+    client
+        .update_key_description()
+        .key_id(key_id)
+        .description(description)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("UpdateKeyDescription", e))?;
+    Ok(())
+}
+
+pub async fn put_policy(
+    client: &Client,
+    key_id: &str,
+    policy: &str,
+    bypass_lockout: bool,
+) -> Result<(), KmsError> {
+    client
+        .put_key_policy()
+        .key_id(key_id)
+        .policy_name("default")
+        .policy(policy)
+        .bypass_policy_lockout_safety_check(bypass_lockout)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("PutKeyPolicy", e))?;
+    Ok(())
+}
