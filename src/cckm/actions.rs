@@ -7,8 +7,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::request::{
-    Alias, Expiry, PolicyChoice, PolicyLists, RESERVED_TAGS, Tag, TagBody, parse_valid_to_as,
-    validate_policy, validate_tags,
+    Alias, Expiry, PolicyChoice, PolicyLists, RESERVED_TAGS, Tag, TagBody, choose_policy,
+    parse_valid_to_as, validate_tags,
 };
 use super::spec::SourceTier;
 use crate::unused_fields;
@@ -269,25 +269,10 @@ impl PolicyBody {
             key_users: self.key_users.unwrap_or_default(),
             key_users_roles: self.key_users_roles.unwrap_or_default(),
         };
-        let template = self.policytemplate.filter(|t| !t.is_empty());
-        let given = [self.policy.is_some(), template.is_some(), !lists.is_empty()]
-            .iter()
-            .filter(|b| **b)
-            .count();
-        if given != 1 {
-            return Err(
-                "give exactly one of policy, policytemplate or the key_admins/key_users/external_accounts lists"
-                    .into(),
-            );
-        }
-        let choice = if let Some(v) = self.policy {
-            PolicyChoice::Explicit(validate_policy(&v, "policy")?)
-        } else if let Some(t) = template {
-            PolicyChoice::Template(t)
-        } else {
-            lists.validate("")?;
-            PolicyChoice::Lists(lists)
-        };
+        let choice = choose_policy(self.policy, self.policytemplate, lists, "policy")?
+            .ok_or(
+                "give exactly one of policy, policytemplate or the key_admins/key_users/external_accounts lists",
+            )?;
         Ok(Action::Policy {
             choice,
             bypass_lockout: self.BypassPolicyLockoutSafetyCheck.unwrap_or(false),

@@ -594,14 +594,7 @@ const READ_CALLS: &[&str] = &[
 ];
 
 fn record_aliases(r: &Value) -> Vec<String> {
-    r["aws_param"]["Alias"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    record::str_list(&r["aws_param"]["Alias"])
 }
 
 fn spec_of(r: &Value) -> Result<(KeySpec, KeyUsage), DomainError> {

@@ -15,6 +15,17 @@ pub fn aws_time(t: Option<&DateTime>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The strings of a JSON list (nothing for anything else).
+pub fn str_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn strs<T: AsRef<str>>(v: &[T]) -> Value {
     Value::Array(
         v.iter()

@@ -210,6 +210,36 @@ pub enum PolicyChoice {
     Lists(PolicyLists),
 }
 
+/// The one policy source a request gives (an explicit policy, a template, or the lists), each
+/// validated; `None` when it gives none. `field` names the explicit policy in errors.
+pub fn choose_policy(
+    policy: Option<Value>,
+    template: Option<String>,
+    lists: PolicyLists,
+    field: &str,
+) -> Result<Option<PolicyChoice>, String> {
+    let template = template.filter(|t| !t.is_empty());
+    let given = [policy.is_some(), template.is_some(), !lists.is_empty()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if given > 1 {
+        return Err(format!(
+            "{field}, policytemplate and the key_admins/key_users/external_accounts lists are mutually exclusive: give one of them"
+        ));
+    }
+    Ok(if let Some(v) = policy {
+        Some(PolicyChoice::Explicit(validate_policy(&v, field)?))
+    } else if let Some(t) = template {
+        Some(PolicyChoice::Template(t))
+    } else if !lists.is_empty() {
+        lists.validate("")?;
+        Some(PolicyChoice::Lists(lists))
+    } else {
+        None
+    })
+}
+
 /// A request that passed every check.
 #[derive(Debug, Clone)]
 pub struct UploadRequest {
@@ -350,26 +380,8 @@ impl UploadKeyBody {
             key_users: self.key_users.unwrap_or_default(),
             key_users_roles: self.key_users_roles.unwrap_or_default(),
         };
-        let template = self.policytemplate.filter(|t| !t.is_empty());
-        let chosen = [p.Policy.is_some(), template.is_some(), !lists.is_empty()]
-            .iter()
-            .filter(|b| **b)
-            .count();
-        if chosen > 1 {
-            return Err(
-                "aws_param.Policy, policytemplate and the key_admins/key_users/external_accounts lists are mutually exclusive: give one of them".into(),
-            );
-        }
-        let policy = if let Some(v) = p.Policy {
-            PolicyChoice::Explicit(validate_policy(&v, "aws_param.Policy")?)
-        } else if let Some(t) = template {
-            PolicyChoice::Template(t)
-        } else if !lists.is_empty() {
-            lists.validate("")?;
-            PolicyChoice::Lists(lists)
-        } else {
-            PolicyChoice::Default
-        };
+        let policy = choose_policy(p.Policy, self.policytemplate, lists, "aws_param.Policy")?
+            .unwrap_or(PolicyChoice::Default);
 
         let material_description = match self.key_material_description {
             Some(d) if d.chars().count() > 256 => {

@@ -165,14 +165,7 @@ pub async fn delete(store: &Store, id_or_name: &str) -> Result<(), DomainError> 
 }
 
 fn list_of(tpl: &Value, field: &str) -> Vec<String> {
-    tpl[field]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    super::record::str_list(&tpl[field])
 }
 
 /// The policy text a template gives for a key of this spec and usage.

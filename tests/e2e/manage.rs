@@ -422,8 +422,9 @@ async fn invalid_actions_are_refused_before_aws_and_kms_is_unchanged() {
             "policy",
             json!({"key_users": ["alice"], "policytemplate": "t"}),
             400,
-            "exactly one",
+            "mutually exclusive",
         ),
+        (&id, "policy", json!({}), 400, "exactly one"),
         (
             &id,
             "policy",
@@ -505,6 +506,18 @@ async fn material_comes_back(family: Family) {
     let b = Bridge::start(&tokens, Opts::default()).await;
     let kms = b.kms().await;
     let (aes_id, aes_key, aes) = upload_aes(&b, &alias()).await;
+    {
+        // The AES key check value, as any HSM computes it: AES-ECB of a zero block.
+        use aes_gcm::aes::cipher::{BlockEncrypt, KeyInit};
+        let cipher = aes_gcm::aes::Aes256::new_from_slice(&aes).expect("AES-256");
+        let mut block = aes_gcm::aes::Block::default();
+        cipher.encrypt_block(&mut block);
+        let (_, r) = b.get(&format!("/api/v1/cckm/aws/keys/{aes_id}")).await;
+        assert_eq!(r["upload"]["kcv"], hex::encode(&block[..3]), "{r}");
+        assert_eq!(r["upload"]["fingerprint"]["method"], "aes-kcv");
+        let fp = r["upload"]["fingerprint"]["value"].as_str().expect("value");
+        assert!(!fp.contains(&hex::encode(block)), "only a digest is kept");
+    }
     let (s, r) = b
         .upload(
             json!({"source_key_tier": "hsm-luna", "source_key_identifier": "managed-hmac",
@@ -516,6 +529,10 @@ async fn material_comes_back(family: Family) {
     let hmac_id = r["id"].as_str().expect("id").to_owned();
     let hmac_key = r["aws_param"]["KeyID"].as_str().expect("KeyID").to_owned();
     assert_eq!(r["upload"]["fingerprint"]["method"], "hmac-sha256");
+    assert!(
+        r["upload"]["kcv"].is_null(),
+        "a KCV is for AES keys only: {r}"
+    );
     let other_vault = b.vault_import("not-the-same", "aes", &secret(32)).await;
 
     for (id, key) in [(&aes_id, &aes_key), (&hmac_id, &hmac_key)] {
