@@ -68,15 +68,38 @@ fn gone_reason(e: &kms::KmsError) -> Option<String> {
     }
 }
 
+fn entry(
+    loc: &Located,
+    action: &'static str,
+    who: &Who,
+    outcome: &'static str,
+    calls: &[&'static str],
+    detail: &Value,
+) -> history::Entry {
+    history::Entry {
+        record_id: loc.id.clone(),
+        key_id: loc.key_id.clone(),
+        action,
+        actor: who.actor.clone(),
+        request_id: who.request_id.clone(),
+        outcome,
+        aws_calls: calls.to_vec(),
+        detail: detail.clone(),
+    }
+}
+
 impl KeyManager {
-    async fn target(&self, id: &str) -> Result<Target, DomainError> {
+    async fn locate(&self, id: &str) -> Result<Located, DomainError> {
         let key = id.to_owned();
-        let loc = self
-            .uploader
+        self.uploader
             .store
             .call(move |c| aws_keys::locate(c, &key))
             .await?
-            .ok_or_else(|| DomainError::NotFound(format!("no AWS key `{id}`")))?;
+            .ok_or_else(|| DomainError::NotFound(format!("no AWS key `{id}`")))
+    }
+
+    async fn target(&self, id: &str) -> Result<Target, DomainError> {
+        let loc = self.locate(id).await?;
         let conn = self
             .uploader
             .kms
@@ -423,36 +446,14 @@ impl KeyManager {
         {
             r["aws_param"]["ValidTo"] = Value::Null;
         }
-        let (rid, kid, stored, aliases) = (
-            t.loc.id.clone(),
-            t.loc.key_id.clone(),
-            r.clone(),
-            st.aliases.clone(),
-        );
-        let (actor, rq, calls, detail) = (
-            who.actor.clone(),
-            who.request_id.clone(),
-            calls.to_vec(),
-            detail.clone(),
-        );
+        let (rid, stored, aliases) = (t.loc.id.clone(), r.clone(), st.aliases.clone());
+        let e = entry(&t.loc, action, who, "success", calls, detail);
         self.uploader
             .store
             .call(move |c| {
                 let tx = c.transaction()?;
                 aws_keys::update(&tx, &rid, &stored, &aliases, &now)?;
-                history::append(
-                    &tx,
-                    &history::Entry {
-                        record_id: &rid,
-                        key_id: &kid,
-                        action,
-                        actor: &actor,
-                        request_id: &rq,
-                        outcome: "success",
-                        aws_calls: &calls,
-                        detail: &detail,
-                    },
-                )?;
+                history::append(&tx, &e)?;
                 tx.commit()?;
                 Ok(())
             })
@@ -484,32 +485,11 @@ impl KeyManager {
         calls: &[&'static str],
         detail: &Value,
     ) {
-        let (rid, kid, actor, rq, calls, detail) = (
-            loc.id.clone(),
-            loc.key_id.clone(),
-            who.actor.clone(),
-            who.request_id.clone(),
-            calls.to_vec(),
-            detail.clone(),
-        );
+        let e = entry(loc, action, who, outcome, calls, detail);
         if let Err(e) = self
             .uploader
             .store
-            .call(move |c| {
-                history::append(
-                    c,
-                    &history::Entry {
-                        record_id: &rid,
-                        key_id: &kid,
-                        action,
-                        actor: &actor,
-                        request_id: &rq,
-                        outcome,
-                        aws_calls: &calls,
-                        detail: &detail,
-                    },
-                )
-            })
+            .call(move |c| history::append(c, &e))
             .await
         {
             tracing::error!(error = %e, "could not append to the key's history");
@@ -518,37 +498,15 @@ impl KeyManager {
 
     /// `DELETE /api/v1/cckm/aws/keys/{id}`: forgets the record; the AWS key is untouched.
     pub async fn forget(&self, id: &str, who: &Who) -> Result<Value, DomainError> {
-        let key = id.to_owned();
-        let loc = self
-            .uploader
-            .store
-            .call(move |c| aws_keys::locate(c, &key))
-            .await?
-            .ok_or_else(|| DomainError::NotFound(format!("no AWS key `{id}`")))?;
+        let loc = self.locate(id).await?;
         let rid = loc.id.clone();
-        let (kid, actor, rq) = (
-            loc.key_id.clone(),
-            who.actor.clone(),
-            who.request_id.clone(),
-        );
+        let e = entry(&loc, "delete-record", who, "success", &[], &json!({}));
         self.uploader
             .store
             .call(move |c| {
                 let tx = c.transaction()?;
                 aws_keys::delete(&tx, &rid)?;
-                history::append(
-                    &tx,
-                    &history::Entry {
-                        record_id: &rid,
-                        key_id: &kid,
-                        action: "delete-record",
-                        actor: &actor,
-                        request_id: &rq,
-                        outcome: "success",
-                        aws_calls: &[],
-                        detail: &json!({}),
-                    },
-                )?;
+                history::append(&tx, &e)?;
                 tx.commit()?;
                 Ok(())
             })

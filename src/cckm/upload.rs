@@ -365,7 +365,6 @@ impl Uploader {
             ctx.attempt.clone(),
         );
         let aliases = st.aliases.clone();
-        let (actor, request_id) = (ctx.actor.to_owned(), ctx.request_id.to_owned());
         let detail = serde_json::json!({
             "source_key_tier": req.tier.as_str(),
             "source_key_identifier": req.source,
@@ -374,22 +373,20 @@ impl Uploader {
             "upload_id": ctx.attempt,
             "ValidTo": record["aws_param"]["ValidTo"],
         });
+        let entry = crate::store::history::Entry {
+            record_id: id.clone(),
+            key_id: kid.clone(),
+            action: "upload-key",
+            actor: ctx.actor.to_owned(),
+            request_id: ctx.request_id.to_owned(),
+            outcome: "success",
+            aws_calls: UPLOAD_CALLS.to_vec(),
+            detail,
+        };
         self.store
             .call(move |c| {
                 let tx = c.transaction()?;
-                crate::store::history::append(
-                    &tx,
-                    &crate::store::history::Entry {
-                        record_id: &id,
-                        key_id: &kid,
-                        action: "upload-key",
-                        actor: &actor,
-                        request_id: &request_id,
-                        outcome: "success",
-                        aws_calls: UPLOAD_CALLS,
-                        detail: &detail,
-                    },
-                )?;
+                crate::store::history::append(&tx, &entry)?;
                 crate::store::aws_keys::insert(
                     &tx,
                     &crate::store::aws_keys::AwsKeyRow {

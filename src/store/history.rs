@@ -8,19 +8,20 @@ use serde_json::Value;
 use super::{StoreError, now_rfc3339};
 
 /// One entry to append.
-pub struct Entry<'a> {
-    pub record_id: &'a str,
-    pub key_id: &'a str,
-    pub action: &'a str,
-    pub actor: &'a str,
-    pub request_id: &'a str,
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub record_id: String,
+    pub key_id: String,
+    pub action: &'static str,
+    pub actor: String,
+    pub request_id: String,
     /// `success`, `failed` or `refused`.
-    pub outcome: &'a str,
-    pub aws_calls: &'a [&'static str],
-    pub detail: &'a Value,
+    pub outcome: &'static str,
+    pub aws_calls: Vec<&'static str>,
+    pub detail: Value,
 }
 
-pub fn append(conn: &rusqlite::Connection, e: &Entry<'_>) -> Result<(), StoreError> {
+pub fn append(conn: &rusqlite::Connection, e: &Entry) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO key_history (id, record_id, key_id, action, actor, request_id, outcome, \
          aws_calls, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -32,7 +33,7 @@ pub fn append(conn: &rusqlite::Connection, e: &Entry<'_>) -> Result<(), StoreErr
             e.actor,
             e.request_id,
             e.outcome,
-            serde_json::to_string(e.aws_calls).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(&e.aws_calls).unwrap_or_else(|_| "[]".into()),
             e.detail.to_string(),
             now_rfc3339(),
         ],
