@@ -37,6 +37,56 @@ enum Outcome {
 
 impl Cleaner {
     /// One pass; returns how many attempts were settled.
+    /// Completed uploads whose CreateKey answer was lost: any key other than the upload's that
+    /// carries the attempt's tag is scheduled for deletion.
+    pub async fn sweep_duplicates(&self) -> usize {
+        let done = match self.store.call(|c| attempts::uncertain_completed(c)).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cleaner could not read the store");
+                return 0;
+            }
+        };
+        let mut swept = 0;
+        for a in done {
+            let Some(conn) = self.kms.find(&a.kms_id) else {
+                continue;
+            };
+            let client = self.kms.client(conn, &a.region).await;
+            let found = match kms::find_keys_tagged(&client, UPLOAD_TAG, &a.id).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(attempt = %a.id, error = %e, "could not look for duplicate keys yet");
+                    continue;
+                }
+            };
+            let mut all_done = true;
+            for k in found.iter().filter(|k| Some(*k) != a.aws_key_id.as_ref()) {
+                match kms::schedule_deletion(&client, k).await {
+                    Ok(_) => {
+                        tracing::warn!(attempt = %a.id, key_id = %k, "a second key of a completed upload was scheduled for deletion");
+                        swept += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(attempt = %a.id, key_id = %k, error = %e, "could not schedule a duplicate key yet");
+                        all_done = false;
+                    }
+                }
+            }
+            if all_done {
+                let id = a.id.clone();
+                if let Err(e) = self
+                    .store
+                    .call(move |c| attempts::clear_uncertain(c, &id))
+                    .await
+                {
+                    tracing::error!(error = %e, "cleaner could not record an outcome");
+                }
+            }
+        }
+        swept
+    }
+
     pub async fn run_once(&self) -> usize {
         let pending = match self
             .store
@@ -168,11 +218,7 @@ impl Cleaner {
     ) -> Outcome {
         let mut date = None;
         for key in keys {
-            if let Some(alias) = &a.alias
-                && let Err(e) = kms::delete_alias_of(client, alias, key).await
-            {
-                return Outcome::Retry(Some(key.clone()), e.to_string());
-            }
+            // Deletion first, the alias second: a refused DeleteAlias leaves no key enabled.
             match kms::schedule_deletion(client, key).await {
                 Ok(d) => {
                     date = d
@@ -181,6 +227,11 @@ impl Cleaner {
                 }
                 Err(e) => return Outcome::Retry(Some(key.clone()), e.to_string()),
             }
+            if let Some(alias) = &a.alias
+                && let Err(e) = kms::delete_alias_of(client, alias, key).await
+            {
+                return Outcome::Retry(Some(key.clone()), e.to_string());
+            }
         }
         Outcome::Scheduled(keys.to_vec(), date)
     }
@@ -188,6 +239,7 @@ impl Cleaner {
     pub async fn run_forever(self) {
         loop {
             self.run_once().await;
+            self.sweep_duplicates().await;
             tokio::time::sleep(self.interval).await;
         }
     }

@@ -178,6 +178,22 @@ impl Uploader {
             },
         )
         .await;
+        let created = match created {
+            // The answer was lost: AWS may have made the key. Never ask again (that would make
+            // a second one): look for it by the attempt's tag.
+            Err(e) if !e.answered() => match self.recover_created(&client, &attempt).await {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => {
+                    let (id, msg) = (attempt.clone(), e.to_string());
+                    self.store
+                        .call(move |c| attempts::finish(c, &id, state::FAILED, Some(&msg)))
+                        .await?;
+                    return Err(e.into());
+                }
+                Err(_) => Err(e),
+            },
+            other => other,
+        };
         let meta = match created {
             Ok(m) => m,
             Err(e) => {
@@ -213,6 +229,50 @@ impl Uploader {
             Ok(record) => Ok(record),
             Err((stage, cause)) => Err(self.abandon(&ctx, stage, cause).await),
         }
+    }
+
+    /// After a lost CreateKey answer: the keys carrying the attempt's tag. The oldest is kept
+    /// and the upload goes on with it; any other is scheduled for deletion. `Ok(None)`: AWS
+    /// made no key. An error: AWS cannot be asked; the cleaner will look later.
+    async fn recover_created(
+        &self,
+        client: &aws_sdk_kms::Client,
+        attempt: &str,
+    ) -> Result<Option<aws_sdk_kms::types::KeyMetadata>, KmsError> {
+        let found = kms::find_keys_tagged(client, UPLOAD_TAG, attempt).await?;
+        let mut metas = Vec::new();
+        for k in &found {
+            metas.push(kms::describe(client, k).await?);
+        }
+        metas.sort_by_key(|m| m.creation_date().map(|d| (d.secs(), d.subsec_nanos())));
+        let mut metas = metas.into_iter();
+        let Some(kept) = metas.next() else {
+            return Ok(None);
+        };
+        let id = attempt.to_owned();
+        if let Err(e) = self
+            .store
+            .call(move |c| attempts::mark_uncertain(c, &id))
+            .await
+        {
+            tracing::error!(error = %e, "could not mark the attempt");
+        }
+        for extra in metas {
+            tracing::warn!(
+                attempt,
+                key_id = extra.key_id(),
+                "a second key carries this upload's tag: scheduling it for deletion"
+            );
+            if let Err(e) = kms::schedule_deletion(client, extra.key_id()).await {
+                tracing::warn!(error = %e, "could not schedule the extra key yet; the cleaner will");
+            }
+        }
+        tracing::info!(
+            attempt,
+            key_id = kept.key_id(),
+            "CreateKey's answer was lost; the key it made was found by its tag"
+        );
+        Ok(Some(kept))
     }
 
     async fn policy_for(
@@ -463,15 +523,20 @@ impl Uploader {
                 tracing::error!(error = %e, "could not record the failed attempt");
             }
         }
-        let mut outcome = Ok(());
-        if let Some(alias) = &ctx.req.alias {
-            outcome = kms::delete_alias_of(&ctx.client, alias.as_str(), key_id).await;
-        }
-        let scheduled = match outcome {
-            Ok(()) => kms::schedule_deletion(&ctx.client, key_id).await,
-            Err(e) => Err(e),
-        };
+        // Deletion first: a refused DeleteAlias must not keep a half-made key enabled.
+        let mut scheduled = kms::schedule_deletion(&ctx.client, key_id).await;
         let ok = scheduled.is_ok();
+        let mut alias_left = false;
+        if let Some(alias) = &ctx.req.alias
+            && let Err(e) = kms::delete_alias_of(&ctx.client, alias.as_str(), key_id).await
+        {
+            tracing::warn!(attempt = %ctx.attempt, alias = alias.as_str(), error = %e, "the failed upload's alias could not be removed yet");
+            alias_left = true;
+            if scheduled.is_ok() {
+                // The key is safe; the attempt stays pending so the cleaner removes the alias.
+                scheduled = Err(e);
+            }
+        }
         {
             let id = ctx.attempt.clone();
             let o: Result<Option<String>, String> = scheduled
@@ -495,7 +560,12 @@ impl Uploader {
                 tracing::error!(error = %e, "could not record the cleanup outcome");
             }
         }
-        let what = if ok {
+        let what = if ok && alias_left {
+            format!(
+                "AWS key {key_id} created for it has been scheduled for deletion (7 days); \
+                 its alias is removed once AWS allows it"
+            )
+        } else if ok {
             format!("AWS key {key_id} created for it has been scheduled for deletion (7 days)")
         } else {
             format!(

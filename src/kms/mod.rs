@@ -145,12 +145,30 @@ pub async fn create_key(
             .map_err(|e| KmsError::internal("CreateKey", e.to_string()))?;
         req = req.tags(tag);
     }
+    // Never retried by the SDK: a retry after a lost answer would make a second key. The
+    // caller looks for the first one by its upload tag instead.
     let out = req
+        .customize()
+        .config_override(
+            aws_sdk_kms::config::Builder::default().retry_config(RetryConfig::disabled()),
+        )
         .send()
         .await
         .map_err(|e| KmsError::from_sdk("CreateKey", e))?;
     out.key_metadata
         .ok_or_else(|| KmsError::upstream("CreateKey", "answer without key metadata"))
+}
+
+/// The key's metadata (DescribeKey).
+pub async fn describe(client: &Client, key_id: &str) -> Result<KeyMetadata, KmsError> {
+    client
+        .describe_key()
+        .key_id(key_id)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("DescribeKey", e))?
+        .key_metadata
+        .ok_or_else(|| KmsError::upstream("DescribeKey", "answer without key metadata"))
 }
 
 pub struct ImportParameters {
@@ -216,15 +234,33 @@ pub async fn import_key_material(
     Ok(())
 }
 
+/// CreateAlias. When AWS says the alias exists and it points at `key_id`, an earlier try whose
+/// answer was lost made it: that is success, not a conflict.
 pub async fn create_alias(client: &Client, alias: &str, key_id: &str) -> Result<(), KmsError> {
-    client
+    match client
         .create_alias()
         .alias_name(alias)
         .target_key_id(key_id)
         .send()
         .await
-        .map_err(|e| KmsError::from_sdk("CreateAlias", e))?;
-    Ok(())
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let err = KmsError::from_sdk("CreateAlias", e);
+            if err.code.as_deref() == Some("AlreadyExistsException")
+                && let Ok(m) = describe(client, alias).await
+                && m.key_id() == key_id
+            {
+                tracing::info!(
+                    alias,
+                    key_id,
+                    "the alias already points at this key (an earlier answer was lost)"
+                );
+                return Ok(());
+            }
+            Err(err)
+        }
+    }
 }
 
 /// Whether an alias is taken, asked before anything is created.
@@ -348,13 +384,14 @@ pub async fn schedule_deletion(
         Ok(out) => Ok(out.deletion_date),
         Err(e) => {
             let err = KmsError::from_sdk("ScheduleKeyDeletion", e);
+            // Already pending deletion (an earlier answer was lost): done, with its date.
             if err.code.as_deref() == Some("KMSInvalidStateException")
-                && err.message.contains("PendingDeletion")
+                && let Ok(m) = describe(client, key_id).await
+                && m.key_state() == Some(&aws_sdk_kms::types::KeyState::PendingDeletion)
             {
-                Ok(None)
-            } else {
-                Err(err)
+                return Ok(m.deletion_date().cloned());
             }
+            Err(err)
         }
     }
 }

@@ -186,6 +186,34 @@ pub fn cleanup_result(
     Ok(())
 }
 
+/// CreateKey's answer was lost; the key was found by its tag.
+pub fn mark_uncertain(conn: &rusqlite::Connection, id: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE upload_attempts SET create_uncertain = 1, updated_at = ?2 WHERE id = ?1",
+        params![id, now_rfc3339()],
+    )?;
+    Ok(())
+}
+
+/// Completed attempts whose CreateKey answer was lost: the cleaner checks their tag.
+pub fn uncertain_completed(conn: &rusqlite::Connection) -> Result<Vec<Attempt>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM upload_attempts WHERE create_uncertain = 1 AND state = ?1"
+    ))?;
+    let rows = stmt
+        .query_map([state::COMPLETED], from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub fn clear_uncertain(conn: &rusqlite::Connection, id: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE upload_attempts SET create_uncertain = 0 WHERE id = ?1",
+        [id],
+    )?;
+    Ok(())
+}
+
 pub fn get(conn: &rusqlite::Connection, id: &str) -> Result<Option<Attempt>, StoreError> {
     Ok(conn
         .query_row(

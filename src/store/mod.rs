@@ -150,6 +150,11 @@ CREATE TABLE sync_jobs (
 );
 CREATE INDEX sync_jobs_status ON sync_jobs(status);
 "#,
+    // An attempt whose CreateKey answer was lost and recovered by its tag: once it completes,
+    // the cleaner checks that no second key carries the tag.
+    r#"
+ALTER TABLE upload_attempts ADD COLUMN create_uncertain INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 impl Store {

@@ -171,7 +171,10 @@ async fn aws_going_away_after_create_key_is_cleaned_up_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_create_key_answer_is_found_by_its_tag_and_cleaned_up() {
     let (_t, proxy, b, id) = setup(1).await;
+    // CreateKey's answer is lost and AWS then goes away before the upload can look for the
+    // key by its tag: the attempt stays `creating` and the cleaner finds the key later.
     proxy.on("CreateKey", Fault::LoseAnswer);
+    proxy.on("ListKeys", Fault::Drop);
     proxy.on("ScheduleKeyDeletion", Fault::Drop);
     let (s, r) = b.upload(body(&b, &id, "lost-answer")).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{r}");

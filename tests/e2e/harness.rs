@@ -491,6 +491,8 @@ pub struct Opts {
     pub aws_profile: bool,
     /// More environment for the daemon (configuration overrides, say).
     pub env: Vec<(String, String)>,
+    /// The SDK's attempts per AWS call (`[[kms]].max_attempts`).
+    pub max_attempts: u32,
 }
 
 impl Default for Opts {
@@ -504,6 +506,7 @@ impl Default for Opts {
             server_toml: None,
             aws_profile: false,
             env: Vec::new(),
+            max_attempts: 1,
         }
     }
 }
@@ -536,7 +539,14 @@ impl Bridge {
             .expect("tempdir");
         let d = dir.path();
         std::fs::write(d.join("pin"), USER_PIN).expect("pin");
-        let jwt_secret = secret(48);
+        // A secret file's trailing newlines are not part of the secret: none at the end here.
+        let mut jwt_secret = random_bytes(48);
+        if let Some(last) = jwt_secret.last_mut()
+            && matches!(*last, b'\n' | b'\r')
+        {
+            *last = b'x';
+        }
+        remember(&jwt_secret);
         std::fs::write(d.join("jwt.key"), &jwt_secret).expect("jwt");
         let account = w.new_account();
         let n = w.next();
@@ -601,7 +611,7 @@ account_id = "{account}"
 regions = ["{REGION}", "{OTHER_REGION}"]
 endpoint_url = "{endpoint}"
 wrapping_key_spec = "{wks}"
-max_attempts = 1
+max_attempts = {max_attempts}
 operation_timeout_secs = 10
 {aws_profile}
 {extra}
@@ -616,6 +626,7 @@ operation_timeout_secs = 10
             module = tokens.family.module().display(),
             profile = tokens.family.profile(),
             wks = opts.wrapping_key_spec,
+            max_attempts = opts.max_attempts,
             aws_profile = if opts.aws_profile {
                 "profile = \"bridge\""
             } else {

@@ -7,6 +7,7 @@ mod dsm;
 mod external;
 mod faults;
 mod harness;
+mod lost_answers;
 mod manage;
 mod policy;
 mod private;

@@ -25,6 +25,8 @@ pub enum Fault {
     Drop,
     /// Forward the call, then close the connection without passing the answer on.
     LoseAnswer,
+    /// The same, for the first matching call only.
+    LoseAnswerOnce,
     /// Wait until released, then drop the connection.
     Hold(Arc<Notify>),
     /// Wait this long, then forward.
@@ -184,10 +186,11 @@ async fn handle(
         if let (Some(i), Some(Fault::DelayOnce(_))) = (at, &containing) {
             r.containing.remove(i);
         }
-        tripped
-            .or_else(|| r.by_op.get(&op).cloned())
-            .or(containing)
-            .or_else(|| r.all.clone())
+        let by_op = r.by_op.get(&op).cloned();
+        if matches!(by_op, Some(Fault::LoseAnswerOnce)) {
+            r.by_op.remove(&op);
+        }
+        tripped.or(by_op).or(containing).or_else(|| r.all.clone())
     };
     let drop_it = || {
         Err(std::io::Error::other(
@@ -207,13 +210,13 @@ async fn handle(
         }
         Some(Fault::Drop) => return drop_it(),
         Some(Fault::Delay(d)) | Some(Fault::DelayOnce(d)) => tokio::time::sleep(d).await,
-        Some(Fault::Pass) | Some(Fault::LoseAnswer) | None => {}
+        Some(Fault::Pass) | Some(Fault::LoseAnswer) | Some(Fault::LoseAnswerOnce) | None => {}
         Some(Fault::Hold(n)) => {
             n.notified().await;
             return drop_it();
         }
     }
-    let lose = matches!(fault, Some(Fault::LoseAnswer));
+    let lose = matches!(fault, Some(Fault::LoseAnswer | Fault::LoseAnswerOnce));
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
