@@ -6,10 +6,14 @@
 //! `HSM_BRIDGE__SERVER__LISTEN=127.0.0.1:9443`, `HSM_BRIDGE__TOKENS__0__PIN_FILE=/run/pin`,
 //! `HSM_BRIDGE__AUTH__ALLOWED_GROUPS='["admin","CCKM Admins"]'` (lists as JSON arrays).
 
+mod roles;
 mod sync;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+pub use roles::RolesConfig;
 pub use sync::SyncConfig;
 
 use serde::Deserialize;
@@ -176,10 +180,32 @@ pub struct ServerConfig {
     /// When set, the bound address is written here once the server listens
     /// (useful with port 0).
     pub address_file: Option<PathBuf>,
+    /// A client must send a request's headers within this time (also the longest an idle
+    /// keep-alive connection stays open).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// A whole request, body included, must be read and answered within this time.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Open connections at most; one more is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_max_body_bytes() -> usize {
     64 * 1024
+}
+
+fn default_header_read_timeout() -> u64 {
+    10
+}
+
+fn default_request_timeout() -> u64 {
+    120
+}
+
+fn default_max_connections() -> usize {
+    512
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,12 +216,68 @@ pub struct AuthConfig {
     pub jwt_public_key_file: Option<String>,
     /// Only used by `hsm-bridge token` when the daemon verifies RS256/ES256.
     pub jwt_private_key_file: Option<String>,
+    /// Groups holding every role.
+    #[serde(default)]
     pub allowed_groups: Vec<String>,
+    /// Groups holding one role each.
+    #[serde(default)]
+    pub roles: RolesConfig,
     #[serde(default = "default_token_ttl")]
     pub token_ttl_secs: u64,
     /// Lifetime of refresh tokens issued by `POST /api/v1/auth/tokens`.
     #[serde(default = "default_refresh_ttl")]
     pub refresh_token_ttl_secs: u64,
+    /// Failed password grants in a row that lock the user (and the source address).
+    #[serde(default = "default_lockout_after")]
+    pub lockout_after_failures: u32,
+    /// How long such a lock lasts.
+    #[serde(default = "default_lockout_secs")]
+    pub lockout_secs: u64,
+}
+
+/// A KMS endpoint must be https: over plain http anyone on the path could hand the bridge a
+/// wrapping key of their own. Plain http is allowed on loopback only (an emulator, a local
+/// proxy).
+fn check_endpoint(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("`{url}` is not a URL (https://host[:port])"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    if host.is_empty() {
+        return Err(format!("`{url}` names no host"));
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{url}` is plain http to a host that is not loopback; use https (over http \
+                     anyone on the path could substitute the wrapping key)"
+                ))
+            }
+        }
+        other => Err(format!("`{url}`: the scheme must be https, not {other}")),
+    }
+}
+
+fn default_lockout_after() -> u32 {
+    5
+}
+
+fn default_lockout_secs() -> u64 {
+    300
 }
 
 fn default_token_ttl() -> u64 {
@@ -327,11 +409,27 @@ fn default_log_level() -> String {
     "info".to_owned()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultConfig {
     /// Name of the bridge token that holds the vault (default: the only bridge token).
     pub token: Option<String>,
+    /// How long a deleted vault key can be restored before its wrapped row is purged.
+    #[serde(default = "default_deleted_retention")]
+    pub deleted_retention_secs: u64,
+}
+
+fn default_deleted_retention() -> u64 {
+    30 * 24 * 3600
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            deleted_retention_secs: default_deleted_retention(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -420,6 +518,18 @@ impl Config {
     /// Rules serde cannot express.
     fn check(&self) -> Result<(), ConfigError> {
         let s = &self.server;
+        for (k, v) in [
+            (
+                "server.header_read_timeout_secs",
+                s.header_read_timeout_secs,
+            ),
+            ("server.request_timeout_secs", s.request_timeout_secs),
+            ("server.max_connections", s.max_connections as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::key(k, "must be at least 1"));
+            }
+        }
         if s.plaintext {
             if !s.listen.ip().is_loopback() {
                 return Err(ConfigError::key(
@@ -576,6 +686,9 @@ impl Config {
                     "must be RSA_2048, RSA_3072 or RSA_4096",
                 ));
             }
+            if let Some(u) = &k.endpoint_url {
+                check_endpoint(u).map_err(|why| ConfigError::key(key("endpoint_url"), why))?;
+            }
             if k.max_attempts == 0 {
                 return Err(ConfigError::key(key("max_attempts"), "must be at least 1"));
             }
@@ -685,6 +798,12 @@ impl Config {
                 ));
             }
         }
+        if self.auth.allowed_groups.is_empty() && self.auth.roles.is_empty() {
+            return Err(ConfigError::key(
+                "auth.allowed_groups",
+                "no group may do anything: set auth.allowed_groups (every role) or [auth.roles]",
+            ));
+        }
         if let Err((key, why)) = self.sync.check() {
             return Err(ConfigError::key(key, why));
         }
@@ -693,6 +812,52 @@ impl Config {
                 "cleanup.interval_secs",
                 "must be at least 1",
             ));
+        }
+        self.check_secret_files()
+    }
+
+    /// Every secret file that exists must be private to its owner; a credential name must be
+    /// one file of the credentials directory. (A missing file is reported when it is read.)
+    fn check_secret_files(&self) -> Result<(), ConfigError> {
+        let mut files: Vec<(String, String)> = Vec::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            files.push((format!("tokens[{i}].pin_file"), t.pin_file.clone()));
+        }
+        let a = &self.auth;
+        for (k, v) in [
+            ("auth.jwt_secret_file", &a.jwt_secret_file),
+            ("auth.jwt_private_key_file", &a.jwt_private_key_file),
+        ] {
+            if let Some(v) = v {
+                files.push((k.to_owned(), v.clone()));
+            }
+        }
+        if let Some(k) = &self.server.tls_key_file {
+            files.push((
+                "server.tls_key_file".to_owned(),
+                k.to_string_lossy().into_owned(),
+            ));
+        }
+        for (i, c) in self.external_cm.iter().enumerate() {
+            for (k, v) in [
+                ("password_file", &c.password_file),
+                ("refresh_token_file", &c.refresh_token_file),
+            ] {
+                if let Some(v) = v {
+                    files.push((format!("external_cm[{i}].{k}"), v.clone()));
+                }
+            }
+        }
+        for (i, d) in self.dsm.iter().enumerate() {
+            files.push((
+                format!("dsm[{i}].client_key_file"),
+                d.client_key_file.clone(),
+            ));
+        }
+        for (key, spec) in files {
+            SecretSource::new(spec)
+                .check_private()
+                .map_err(|e| ConfigError::key(key, e.to_string()))?;
         }
         Ok(())
     }
@@ -819,6 +984,29 @@ regions = ["us-east-1"]
         assert_eq!(c.tokens[0].sessions, 7);
         assert_eq!(c.auth.allowed_groups, vec!["a", "b"]);
         assert_eq!(c.kms[0].endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn kms_endpoints_are_https_unless_loopback() {
+        for ok in [
+            "https://kms.eu-west-1.amazonaws.com",
+            "http://127.0.0.1:4566",
+            "http://localhost:4566/",
+            "http://[::1]:4566",
+            "https://user@vpce-1.kms.eu-west-1.vpce.amazonaws.com:443/x",
+        ] {
+            assert!(check_endpoint(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.5:4566",
+            "http://kms.example.com",
+            "http://127.0.0.1.evil.example:80",
+            "ftp://127.0.0.1",
+            "kms.example.com",
+            "http://",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -4,3 +4,18 @@
 
 pub mod cleanup;
 pub mod sync;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::vault::Vault;
+
+/// Purges deleted vault keys once their retention has passed, checking every `every`.
+pub async fn purge_deleted_vault_keys(vault: Arc<Vault>, retention: Duration, every: Duration) {
+    loop {
+        if let Err(e) = vault.purge_deleted(retention).await {
+            tracing::error!(error = %e, "could not purge deleted vault keys");
+        }
+        tokio::time::sleep(every).await;
+    }
+}

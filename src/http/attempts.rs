@@ -6,9 +6,9 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::ApiQuery;
+use super::roles::{Need, Reader};
 use super::{AppState, paging};
 
 #[derive(Debug, Deserialize)]
@@ -23,7 +23,7 @@ impl crate::vocabulary::Vocabulary for AttemptsQuery {}
 
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     ApiQuery(q): ApiQuery<AttemptsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (skip, limit) = paging(q.skip, q.limit)?;
@@ -39,7 +39,7 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let key = id.clone();

@@ -3,15 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 use super::error::ApiError;
-use super::state::AppState;
+use super::roles::{Role, RoleMap};
 use crate::config::AuthConfig;
 use crate::secrets::SecretSource;
 
@@ -26,6 +24,8 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default)]
     pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
     #[serde(default)]
     pub cust: Cust,
 }
@@ -41,8 +41,12 @@ pub struct Cust {
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
-    allowed_groups: Vec<String>,
+    roles: RoleMap,
 }
+
+/// The audience of tokens this bridge issues to its peers (`POST /api/v1/auth/tokens`):
+/// only they may export. Operator tokens (`hsm-bridge token`) carry none.
+pub const PEER_AUDIENCE: &str = "hsm-bridge-peer";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
@@ -75,7 +79,7 @@ impl Authenticator {
             )
         } else if let Some(f) = &cfg.jwt_public_key_file {
             let pem = SecretSource::new(f.clone())
-                .read_bytes()
+                .read_public_bytes()
                 .map_err(|e| setup_err("jwt_public_key_file", e))?;
             let pem = pem.expose_secret();
             if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
@@ -105,7 +109,7 @@ impl Authenticator {
         Ok(Self {
             key,
             validation,
-            allowed_groups: cfg.allowed_groups.clone(),
+            roles: RoleMap::from_config(cfg),
         })
     }
 
@@ -134,46 +138,34 @@ impl Authenticator {
                 ApiError::unauthorized(why)
             })?;
         let claims = data.claims;
-        let group = claims
-            .cust
-            .groups
-            .iter()
-            .find(|g| self.allowed_groups.iter().any(|a| a == *g))
-            .cloned();
-        match group {
-            Some(_) => Ok(Caller {
-                user: claims.sub,
-                groups: claims.cust.groups,
-            }),
-            None => Err(ApiError::forbidden(
-                "the token's groups do not allow this operation",
-            )),
+        let roles = self.roles.roles_of(&claims.cust.groups);
+        if roles.is_empty() {
+            return Err(ApiError::forbidden(
+                "the token's groups do not allow this operation (they grant no role)",
+            ));
         }
+        let peer = match &claims.aud {
+            Some(serde_json::Value::String(a)) => a == PEER_AUDIENCE,
+            Some(serde_json::Value::Array(a)) => a.iter().any(|v| v == PEER_AUDIENCE),
+            _ => false,
+        };
+        Ok(Caller {
+            user: claims.sub,
+            groups: claims.cust.groups,
+            roles,
+            peer,
+        })
     }
 }
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request (handlers take it through [`super::roles::Need`]).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user: String,
     pub groups: Vec<String>,
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .map(|v| v.to_str().unwrap_or(""));
-        let caller = state.auth.verify(header)?;
-        tracing::Span::current().record("user", caller.user.as_str());
-        Ok(caller)
-    }
+    pub roles: BTreeSet<Role>,
+    /// Whether the token was issued to a peer by `POST /api/v1/auth/tokens`.
+    pub peer: bool,
 }
 
 /// The key tokens are signed with: the HS256 secret, or the RS256/ES256 private key.
@@ -231,6 +223,7 @@ impl Issuer {
         user: &str,
         groups: &[String],
         ttl_secs: u64,
+        audience: Option<&str>,
     ) -> Result<String, AuthSetupError> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
         let claims = Claims {
@@ -240,6 +233,7 @@ impl Issuer {
             iat: now,
             nbf: Some(now),
             jti: Some(uuid::Uuid::new_v4().to_string()),
+            aud: audience.map(|a| serde_json::Value::String(a.to_owned())),
             cust: Cust {
                 groups: groups.to_vec(),
                 domain_id: None,
@@ -257,7 +251,7 @@ pub fn mint(
     groups: &[String],
     ttl_secs: u64,
 ) -> Result<String, AuthSetupError> {
-    Issuer::from_config(cfg)?.issue(user, groups, ttl_secs)
+    Issuer::from_config(cfg)?.issue(user, groups, ttl_secs, None)
 }
 
 pub type SharedAuth = Arc<Authenticator>;

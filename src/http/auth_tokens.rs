@@ -14,6 +14,8 @@ use super::AppState;
 use super::auth::Issuer;
 use super::error::ApiError;
 use super::extract::ApiJson;
+use super::login_guard::{LoginGuard, Subject};
+use super::roles::{Need, Reader};
 use crate::config::UserConfig;
 use crate::store::refresh;
 use crate::vocabulary::{Unused, Vocabulary};
@@ -23,6 +25,7 @@ pub struct TokenService {
     pub users: Vec<UserConfig>,
     pub ttl_secs: u64,
     pub refresh_ttl_secs: u64,
+    pub guard: LoginGuard,
     /// Argon2 is deliberately costly: at most this many verifications run at once, so a flood
     /// of password grants cannot take every blocking thread and all memory.
     verifying: Arc<tokio::sync::Semaphore>,
@@ -37,12 +40,14 @@ impl TokenService {
         users: Vec<UserConfig>,
         ttl_secs: u64,
         refresh_ttl_secs: u64,
+        guard: LoginGuard,
     ) -> Self {
         TokenService {
             issuer,
             users,
             ttl_secs,
             refresh_ttl_secs,
+            guard,
             verifying: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS)),
         }
     }
@@ -108,8 +113,35 @@ fn new_refresh_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
+/// The address a request came from, where the server knows it.
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+fn locked(for_: std::time::Duration) -> ApiError {
+    ApiError::too_many_requests(format!(
+        "too many failed sign-ins; try again in {} s",
+        for_.as_secs().max(1)
+    ))
+}
+
 pub async fn issue(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let svc = state.token_service.clone();
@@ -141,6 +173,16 @@ pub async fn issue(
                     "the password grant needs username and password",
                 ));
             };
+            let mut subjects = vec![Subject::User(name.clone())];
+            subjects.extend(addr.map(Subject::Address));
+            match svc.guard.check(&subjects) {
+                Err(left) => {
+                    tracing::warn!(user = %name, address = ?addr, "password grant refused: locked after repeated failures");
+                    return Err(locked(left));
+                }
+                Ok(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
+                Ok(_) => {}
+            }
             let user = svc.users.iter().find(|u| u.name == name).cloned();
             let hash = user
                 .as_ref()
@@ -170,7 +212,14 @@ pub async fn issue(
             })
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
-            let user = user.filter(|_| ok).ok_or_else(wrong)?;
+            let Some(user) = user.filter(|_| ok) else {
+                tracing::warn!(user = %name, address = ?addr, "password grant failed");
+                for s in svc.guard.failed(&subjects) {
+                    tracing::warn!(subject = ?s, "locked after repeated failed sign-ins");
+                }
+                return Err(wrong());
+            };
+            svc.guard.succeeded(&subjects[0]);
             let expires = now + svc.refresh_ttl_secs as i64;
             let family = uuid::Uuid::new_v4().to_string();
             let (id, t, f, n) = (
@@ -245,7 +294,12 @@ pub async fn issue(
         }
     };
     let jwt = issuer
-        .issue(&user.name, &user.groups, svc.ttl_secs)
+        .issue(
+            &user.name,
+            &user.groups,
+            svc.ttl_secs,
+            Some(super::auth::PEER_AUDIENCE),
+        )
         .map_err(|e| ApiError::internal("could not sign the token").with_detail(e.to_string()))?;
     tracing::info!(user = %user.name, grant = %req.grant_type, "token issued");
     Ok(Json(json!({
@@ -256,4 +310,32 @@ pub async fn issue(
         "refresh_token": next_token,
         "refresh_token_id": next_id,
     })))
+}
+
+/// `DELETE /api/v1/auth/tokens/{id}`: revokes a refresh token (and every token of its login),
+/// by the id the grant answered as `refresh_token_id`. Its own user may revoke it; so may a
+/// vault administrator.
+pub async fn revoke(
+    State(state): State<AppState>,
+    Need(caller, _): Need<Reader>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let i = id.clone();
+    let owner = state
+        .store
+        .call(move |c| refresh::owner(c, &i))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no refresh token `{id}`")))?;
+    if owner != caller.user && !caller.roles.contains(&super::roles::Role::VaultAdmin) {
+        return Err(ApiError::forbidden(
+            "only the token's own user or a vault-admin may revoke it",
+        ));
+    }
+    let i = id.clone();
+    let revoked = state
+        .store
+        .call(move |c| refresh::revoke_family(c, &i))
+        .await?;
+    tracing::info!(user = %caller.user, owner = %owner, tokens = revoked, "refresh tokens revoked");
+    Ok(Json(json!({"id": id, "revoked": revoked})))
 }

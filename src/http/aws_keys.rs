@@ -6,9 +6,9 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::ApiQuery;
+use super::roles::{Need, Reader};
 use super::{AppState, paging};
 use crate::store::aws_keys::ListFilter;
 use crate::vocabulary::{Unused, Vocabulary};
@@ -70,7 +70,7 @@ impl Vocabulary for KeysQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     ApiQuery(q): ApiQuery<KeysQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (skip, limit) = paging(q.skip, q.limit)?;
@@ -126,7 +126,7 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let key = id.clone();
@@ -138,7 +138,10 @@ pub async fn get_one(
         .ok_or_else(|| ApiError::not_found(format!("no AWS key `{id}`")))
 }
 
-pub async fn list_kms(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
+pub async fn list_kms(
+    State(state): State<AppState>,
+    Need(_caller, _): Need<Reader>,
+) -> Json<Value> {
     let resources: Vec<Value> = state
         .kms
         .all()

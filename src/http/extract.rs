@@ -73,6 +73,14 @@ pub fn parse_body<T: DeserializeOwned + Vocabulary>(bytes: &[u8]) -> Result<T, A
     Ok(v)
 }
 
+/// Fields whose values are secrets: their values never appear in an error message.
+const SECRET_FIELDS: &[&str] = &["material", "password", "refresh_token", "pin", "wrapPBE"];
+
+fn carries_secret(path: &str) -> bool {
+    path.split(['.', '['])
+        .any(|seg| SECRET_FIELDS.contains(&seg))
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
@@ -92,6 +100,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         if path == "." || inner.is_syntax() || inner.is_eof() {
             ApiError::bad_request(what)
+        } else if carries_secret(&path) {
+            // serde's message may quote the value (`invalid type: integer `1234``).
+            ApiError::bad_request(format!(
+                "{path}: not a valid value (not shown: the field carries a secret)"
+            ))
         } else {
             ApiError::bad_request(format!("{path}: {what}"))
         }
@@ -123,5 +136,30 @@ where
                     ApiError::bad_request(format!("query parameter {path}: {inner}"))
                 }
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        material: Option<String>,
+        size: Option<u32>,
+    }
+
+    #[test]
+    fn errors_never_quote_a_secret_field() {
+        let e = parse_json::<Body>(br#"{"material": 987654321}"#)
+            .expect_err("wrong type")
+            .to_string();
+        assert!(!e.contains("987654321"), "{e}");
+        assert!(e.contains("material"), "{e}");
+        let e = parse_json::<Body>(br#"{"size": "big"}"#)
+            .expect_err("wrong type")
+            .to_string();
+        assert!(e.contains("big"), "other fields say what was wrong: {e}");
     }
 }

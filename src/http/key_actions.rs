@@ -7,9 +7,9 @@ use axum::extract::{Path, State};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::auth::Caller;
 use super::error::{ApiError, current_request_id};
 use super::extract::{ApiQuery, parse_body};
+use super::roles::{KeyAdmin, Need, Reader};
 use super::{AppState, Paging, paging};
 use crate::cckm::actions::{
     Action, AddTagsBody, AliasBody, DeleteMaterialBody, DescriptionBody, ImportMaterialBody,
@@ -62,7 +62,7 @@ fn parse(name: &str, bytes: &[u8]) -> Result<Action, ApiError> {
     })
 }
 
-fn who(caller: &Caller) -> Who {
+fn who(caller: &super::auth::Caller) -> Who {
     Who {
         actor: caller.user.clone(),
         request_id: current_request_id(),
@@ -71,7 +71,7 @@ fn who(caller: &Caller) -> Who {
 
 pub async fn act(
     State(state): State<AppState>,
-    caller: Caller,
+    Need(caller, _): Need<KeyAdmin>,
     Path((id, name)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -88,7 +88,7 @@ pub async fn act(
 
 pub async fn history(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     Path(id): Path<String>,
     ApiQuery(p): ApiQuery<Paging>,
 ) -> Result<Json<Value>, ApiError> {
@@ -98,7 +98,7 @@ pub async fn history(
 
 pub async fn forget(
     State(state): State<AppState>,
-    caller: Caller,
+    Need(caller, _): Need<KeyAdmin>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     tracing::info!(user = %caller.user, key = %id, "record removal requested");

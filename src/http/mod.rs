@@ -8,6 +8,9 @@ pub mod aws_keys;
 pub mod error;
 pub mod extract;
 pub mod key_actions;
+pub mod limits;
+pub mod login_guard;
+pub mod roles;
 pub mod server;
 pub mod state;
 pub mod sync_jobs;
@@ -29,7 +32,7 @@ use self::error::{ApiError, ErrorCode, REQUEST_ID, ShapedError};
 pub use self::state::AppState;
 
 /// The whole API. Tests build it around their own state.
-pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+pub fn app(state: AppState, max_body_bytes: usize, request_timeout: std::time::Duration) -> Router {
     Routes::default()
         .at("/api/v1/cckm/aws/upload-key", post(upload::upload_key))
         .at("/api/v1/cckm/aws/keys", get(aws_keys::list))
@@ -77,13 +80,26 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
             get(vault::get_one).delete(vault::delete),
         )
         .at("/api/v1/vault/keys2/{id}/export", post(vault::export))
+        .at("/api/v1/vault/keys2/{id}/restore", post(vault::restore))
+        .at("/api/v1/vault/keys2/{id}/recover", post(vault::restore))
         .at("/api/v1/auth/tokens", post(auth_tokens::issue))
+        .at(
+            "/api/v1/auth/tokens/{id}",
+            axum::routing::delete(auth_tokens::revoke),
+        )
         .at("/api/v1/system/tokens", get(system::tokens))
         .at("/healthz", get(health))
         .0
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            request_timeout,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .layer(middleware::from_fn_with_state(
             max_body_bytes,
             refuse_oversized,

@@ -141,6 +141,10 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         cfg.users.clone(),
         cfg.auth.token_ttl_secs,
         cfg.auth.refresh_token_ttl_secs,
+        crate::http::login_guard::LoginGuard::new(
+            cfg.auth.lockout_after_failures,
+            Duration::from_secs(cfg.auth.lockout_secs),
+        ),
     ));
     let kms = Arc::new(KmsRegistry::new(&cfg.kms));
     let vault = Arc::new(Vault::new(tokens.vault().clone(), store.clone()));
@@ -167,6 +171,14 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         (cfg.sync.interval_secs > 0).then(|| Duration::from_secs(cfg.sync.interval_secs)),
     ));
     tokio::spawn(sync.clone().run_forever());
+    {
+        let retention = Duration::from_secs(cfg.vault.deleted_retention_secs);
+        tokio::spawn(crate::background::purge_deleted_vault_keys(
+            vault.clone(),
+            retention,
+            retention.clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+        ));
+    }
     let state = AppState {
         auth: Arc::new(auth),
         uploader,
@@ -180,7 +192,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         export: Arc::new(cfg.export_policy()),
         detailed_errors: cfg.logging.detailed_errors,
     };
-    let router = app(state, cfg.server.max_body_bytes);
+    let router = app(
+        state,
+        cfg.server.max_body_bytes,
+        Duration::from_secs(cfg.server.request_timeout_secs),
+    );
 
     let listener =
         std::net::TcpListener::bind(cfg.server.listen).map_err(|source| ServeError::Listen {
@@ -218,21 +234,27 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
     });
-    let service = router.into_make_service();
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let header_timeout = Duration::from_secs(cfg.server.header_read_timeout_secs);
+    let limit = crate::http::limits::LimitAcceptor::new(cfg.server.max_connections, header_timeout);
+    let mut server = axum_server::from_tcp(listener)?;
+    // HTTP/1 only: the protocol sniffing of the auto builder waits for a first byte before
+    // any timeout runs, which would let an idle connection stay open for ever.
+    let builder = server.http_builder();
+    *builder = builder.clone().http1_only();
+    builder
+        .http1()
+        .header_read_timeout(header_timeout)
+        .max_headers(100);
     match tls {
         Some(sc) => {
             let rc = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(sc));
-            axum_server::from_tcp_rustls(listener, rc)?
-                .handle(handle)
-                .serve(service)
-                .await?
+            let tls = axum_server::tls_rustls::RustlsAcceptor::new(rc)
+                .handshake_timeout(header_timeout)
+                .acceptor(limit);
+            server.acceptor(tls).handle(handle).serve(service).await?
         }
-        None => {
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(service)
-                .await?
-        }
+        None => server.acceptor(limit).handle(handle).serve(service).await?,
     }
     tracing::info!("stopped");
     Ok(())

@@ -8,9 +8,9 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
+use super::roles::{KeyAdmin, Need, Reader};
 use super::{AppState, Paging, paging};
 use crate::store::sync_jobs::{self, SyncJob};
 use crate::vocabulary::Vocabulary;
@@ -58,7 +58,7 @@ fn render(j: &SyncJob) -> Value {
 
 pub async fn start(
     State(state): State<AppState>,
-    caller: Caller,
+    Need(caller, _): Need<KeyAdmin>,
     ApiJson(body): ApiJson<StartBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (kms, regions) = (body.kms.into_vec(), body.regions.into_vec());
@@ -89,7 +89,7 @@ pub async fn start(
 
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     ApiQuery(p): ApiQuery<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     let (skip, limit) = paging(p.skip, p.limit)?;
@@ -105,7 +105,7 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let i = id.clone();
@@ -119,7 +119,7 @@ pub async fn get_one(
 
 pub async fn cancel(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<KeyAdmin>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let i = id.clone();

@@ -6,15 +6,15 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::Caller;
 use super::error::ApiError;
+use super::roles::{Need, Reader};
 use crate::config::TokenRole;
 use crate::error::DomainError;
 use crate::pkcs11::ops;
 
 pub async fn tokens(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
 ) -> Result<Json<Value>, ApiError> {
     let mut resources = Vec::new();
     for t in state.tokens.all() {

@@ -6,15 +6,15 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::Value;
 
-use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
+use super::roles::{KeyAdmin, Need, Reader};
 use super::{AppState, Paging, paging};
 use crate::cckm::templates::{self, CreateTemplateBody};
 
 pub async fn create(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<KeyAdmin>,
     ApiJson(body): ApiJson<CreateTemplateBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = templates::create(&state.store, &state.kms, body).await?;
@@ -23,7 +23,7 @@ pub async fn create(
 
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     ApiQuery(p): ApiQuery<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     let (skip, limit) = paging(p.skip, p.limit)?;
@@ -32,7 +32,7 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     templates::get(&state.store, &id)
@@ -43,7 +43,7 @@ pub async fn get_one(
 
 pub async fn delete(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<KeyAdmin>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     templates::delete(&state.store, &id).await?;

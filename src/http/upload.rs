@@ -6,14 +6,14 @@ use axum::response::IntoResponse;
 use tracing::Instrument;
 
 use super::AppState;
-use super::auth::Caller;
 use super::error::{ApiError, current_request_id};
 use super::extract::ApiJson;
+use super::roles::{Need, Uploader};
 use crate::cckm::request::UploadKeyBody;
 
 pub async fn upload_key(
     State(state): State<AppState>,
-    caller: Caller,
+    Need(caller, _): Need<Uploader>,
     ApiJson(body): ApiJson<UploadKeyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     tracing::info!(user = %caller.user, "upload-key requested");

@@ -7,9 +7,9 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
+use super::roles::{Exporter, Need, Reader, VaultAdmin};
 use super::{AppState, paging};
 use crate::error::DomainError;
 use crate::store::vault::ListFilter;
@@ -18,7 +18,7 @@ use crate::vocabulary::{Unused, Vocabulary, refuse_given};
 
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    Need(caller, _): Need<VaultAdmin>,
     ApiQuery(q): ApiQuery<CreateKeyQuery>,
     ApiJson(body): ApiJson<CreateKeyBody>,
 ) -> Result<axum::response::Response, ApiError> {
@@ -94,7 +94,7 @@ impl Vocabulary for VaultQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     ApiQuery(q): ApiQuery<VaultQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (skip, limit) = paging(q.skip, q.limit)?;
@@ -115,7 +115,7 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<AppState>,
-    _caller: Caller,
+    Need(_caller, _): Need<Reader>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<KeyRefQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -125,7 +125,7 @@ pub async fn get_one(
 
 pub async fn export(
     State(state): State<AppState>,
-    caller: Caller,
+    Need(caller, _): Need<Exporter>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<KeyRefQuery>,
     ApiJson(body): ApiJson<crate::vault::ExportBody>,
@@ -138,6 +138,12 @@ pub async fn export(
     if policy.disabled() {
         return Err(ApiError::forbidden(
             "exports are disabled on this bridge (no export.allowed_groups, no [[users]])",
+        ));
+    }
+    if !caller.peer {
+        return Err(ApiError::forbidden(
+            "exports need a peer token (issued by POST /api/v1/auth/tokens to a [[users]] peer); \
+             operator tokens (hsm-bridge token) cannot export",
         ));
     }
     if !policy.allows(&caller.user, &caller.groups) {
@@ -155,9 +161,19 @@ pub async fn export(
     ))
 }
 
+/// `POST /api/v1/vault/keys2/{id}/restore` (also `recover`, CipherTrust's name).
+pub async fn restore(
+    State(state): State<AppState>,
+    Need(caller, _): Need<VaultAdmin>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    tracing::info!(user = %caller.user, key = %id, "vault key restore requested");
+    Ok(Json(state.vault.restore(&id).await?))
+}
+
 pub async fn delete(
     State(state): State<AppState>,
-    caller: Caller,
+    Need(caller, _): Need<VaultAdmin>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<KeyRefQuery>,
 ) -> Result<StatusCode, ApiError> {

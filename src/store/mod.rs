@@ -155,6 +155,10 @@ CREATE INDEX sync_jobs_status ON sync_jobs(status);
     r#"
 ALTER TABLE upload_attempts ADD COLUMN create_uncertain INTEGER NOT NULL DEFAULT 0;
 "#,
+    // A deleted vault key is kept (wrapped) until its retention ends, so it can be restored.
+    r#"
+ALTER TABLE vault_keys ADD COLUMN deleted_at TEXT;
+"#,
 ];
 
 impl Store {

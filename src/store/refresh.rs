@@ -107,6 +107,25 @@ pub fn redeem(
     Ok(out)
 }
 
+/// The user of the refresh token `id` (live or retired).
+pub fn owner(conn: &rusqlite::Connection, id: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT username FROM refresh_tokens WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Revokes the token `id` and every token of its login; how many rows went.
+pub fn revoke_family(conn: &rusqlite::Connection, id: &str) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM refresh_tokens WHERE family = (SELECT COALESCE(family, id) FROM refresh_tokens WHERE id = ?1) OR id = ?1",
+        [id],
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,7 +97,7 @@ pub fn get(
 ) -> Result<Option<VaultKeyRow>, StoreError> {
     let by_id = conn
         .query_row(
-            &format!("SELECT {COLUMNS} FROM vault_keys WHERE id = ?1"),
+            &format!("SELECT {COLUMNS} FROM vault_keys WHERE id = ?1 AND deleted_at IS NULL"),
             [id_or_name],
             from_row,
         )
@@ -107,11 +107,55 @@ pub fn get(
     }
     Ok(conn
         .query_row(
-            &format!("SELECT {COLUMNS} FROM vault_keys WHERE name = ?1"),
+            &format!("SELECT {COLUMNS} FROM vault_keys WHERE name = ?1 AND deleted_at IS NULL"),
             [id_or_name],
             from_row,
         )
         .optional()?)
+}
+
+/// A deleted key (by id or name) and when it was deleted.
+pub fn get_deleted(
+    conn: &rusqlite::Connection,
+    id_or_name: &str,
+) -> Result<Option<(VaultKeyRow, String)>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {COLUMNS}, deleted_at FROM vault_keys \
+                 WHERE (id = ?1 OR name = ?1) AND deleted_at IS NOT NULL \
+                 ORDER BY deleted_at DESC LIMIT 1"
+            ),
+            [id_or_name],
+            |r| Ok((from_row(r)?, r.get::<_, String>(18)?)),
+        )
+        .optional()?)
+}
+
+/// Marks a key deleted; it stays (wrapped) until purged.
+pub fn soft_delete(conn: &rusqlite::Connection, id: &str, now: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE vault_keys SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+        rusqlite::params![id, now],
+    )? == 1)
+}
+
+pub fn restore(conn: &rusqlite::Connection, id: &str, now: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE vault_keys SET deleted_at = NULL, updated_at = ?2 WHERE id = ?1 AND deleted_at IS NOT NULL",
+        rusqlite::params![id, now],
+    )? == 1)
+}
+
+/// Removes for good the keys deleted before `before` (RFC 3339); their ids.
+pub fn purge(conn: &rusqlite::Connection, before: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare(
+        "DELETE FROM vault_keys WHERE deleted_at IS NOT NULL AND deleted_at < ?1 RETURNING id",
+    )?;
+    let ids = stmt
+        .query_map([before], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(ids)
 }
 
 pub struct ListFilter {
@@ -127,7 +171,7 @@ pub fn list(
     conn: &rusqlite::Connection,
     f: &ListFilter,
 ) -> Result<(u64, Vec<VaultKeyRow>), StoreError> {
-    let where_sql = "WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR lower(algorithm) = lower(?2)) \
+    let where_sql = "WHERE deleted_at IS NULL AND (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR lower(algorithm) = lower(?2)) \
          AND (?3 IS NULL OR id = ?3) AND (?4 IS NULL OR size = ?4)";
     let total: u64 = conn.query_row(
         &format!("SELECT COUNT(*) FROM vault_keys {where_sql}"),

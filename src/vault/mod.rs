@@ -785,6 +785,50 @@ impl Vault {
         Ok(v)
     }
 
+    /// Brings back a deleted key that has not been purged yet.
+    pub async fn restore(&self, id_or_name: &str) -> Result<Value, DomainError> {
+        let k = id_or_name.to_owned();
+        let (row, _) = self
+            .store
+            .call(move |c| crate::store::vault::get_deleted(c, &k))
+            .await?
+            .ok_or_else(|| {
+                DomainError::NotFound(format!(
+                    "no deleted vault key `{id_or_name}` (it may have been purged)"
+                ))
+            })?;
+        let (id, name) = (row.id.clone(), row.name.clone());
+        let taken = self.exists(&name).await?;
+        if taken {
+            return Err(DomainError::Conflict(format!(
+                "a vault key named `{name}` exists again; the deleted one cannot take its name back"
+            )));
+        }
+        self.store
+            .call(move |c| crate::store::vault::restore(c, &id, &now_rfc3339()))
+            .await?;
+        tracing::info!(key = %row.id, name = %row.name, "vault key restored");
+        self.get(&row.id).await
+    }
+
+    /// Purges the keys deleted more than `retention` ago; their wrapped rows are gone for good.
+    pub async fn purge_deleted(
+        &self,
+        retention: std::time::Duration,
+    ) -> Result<usize, DomainError> {
+        let before = crate::store::format_time(
+            time::OffsetDateTime::now_utc() - time::Duration::seconds(retention.as_secs() as i64),
+        );
+        let ids = self
+            .store
+            .call(move |c| crate::store::vault::purge(c, &before))
+            .await?;
+        for id in &ids {
+            tracing::info!(key = %id, "deleted vault key purged");
+        }
+        Ok(ids.len())
+    }
+
     pub async fn delete(&self, id_or_name: &str) -> Result<(), DomainError> {
         let row = self
             .get_row(id_or_name)
@@ -799,9 +843,9 @@ impl Vault {
         }
         let id = row.id.clone();
         self.store
-            .call(move |c| Ok(c.execute("DELETE FROM vault_keys WHERE id = ?1", [id])?))
+            .call(move |c| crate::store::vault::soft_delete(c, &id, &now_rfc3339()))
             .await?;
-        tracing::info!(key = %row.id, name = %row.name, "vault key deleted");
+        tracing::info!(key = %row.id, name = %row.name, "vault key deleted (restorable until its retention ends)");
         Ok(())
     }
 }

@@ -36,8 +36,8 @@ fn help_describes_every_command() {
 }
 
 fn good_config(dir: &std::path::Path, tokens: &Tokens) -> String {
-    std::fs::write(dir.join("pin"), USER_PIN).expect("pin");
-    std::fs::write(dir.join("jwt"), random_bytes(40)).expect("jwt");
+    write_private(&dir.join("pin"), USER_PIN);
+    write_private(&dir.join("jwt"), random_bytes(40));
     format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -123,6 +123,19 @@ fn a_bad_config_exits_non_zero_with_one_line_naming_the_key() {
             vec![("HSM_BRIDGE__AUTH__ALLOWED_GROUPS", "[]")],
             "auth.allowed_groups",
         ),
+        (
+            good.clone(),
+            vec![("HSM_BRIDGE__KMS__0__ENDPOINT_URL", "http://10.1.2.3:4566")],
+            "kms[0].endpoint_url",
+        ),
+        (
+            good.clone(),
+            vec![(
+                "HSM_BRIDGE__TOKENS__0__PIN_FILE",
+                "credential:../../etc/shadow",
+            )],
+            "tokens[0].pin_file",
+        ),
     ];
     for (text, env, key) in cases {
         std::fs::write(&path, text).expect("write");
@@ -134,6 +147,23 @@ fn a_bad_config_exits_non_zero_with_one_line_naming_the_key() {
         assert!(out.is_empty(), "nothing on stdout: {out}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
         assert!(err.contains(key), "names {key}: {err}");
+    }
+    // A PIN file its group may read is refused, by check-config and at start, in one line.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&path, &good).expect("write");
+        let pin = dir.path().join("pin");
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        for cmd in ["check-config", "serve"] {
+            let (code, _, err) = run(&[cmd, "--config", path.to_str().expect("path")], &[]);
+            assert_ne!(code, 0, "{cmd}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{cmd}: one line: {err}");
+            assert!(
+                err.contains("tokens[0].pin_file") && err.contains("readable"),
+                "{cmd}: {err}"
+            );
+        }
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
     let (code, _, err) = run(&["serve", "--config", "/nonexistent/hsm-bridge.toml"], &[]);
     assert_ne!(code, 0);
@@ -207,7 +237,7 @@ fn probe_prints_each_token_and_the_methods_it_proved() {
     );
 
     // A wrong PIN: probe says so for that token, and a daemon does not start.
-    std::fs::write(dir.path().join("pin"), "wrong-pin").expect("pin");
+    write_private(&dir.path().join("pin"), "wrong-pin");
     let (code, out, _) = run(&["probe", "--config", path.to_str().expect("path")], &[]);
     assert_ne!(code, 0);
     assert!(
@@ -257,6 +287,14 @@ async fn the_daemon_serves_https_with_rustls() {
         "{}",
         String::from_utf8_lossy(&st.stderr)
     );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            certs.path().join("key.pem"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+    }
     let b = Bridge::start(
         &tokens,
         Opts {

@@ -28,7 +28,7 @@ fn write_secret_file(content: &str) -> PathBuf {
         .dir
         .path()
         .join(format!("secret-{}", world().next()));
-    std::fs::write(&p, content).expect("secret file");
+    write_private(&p, content);
     p
 }
 
@@ -432,12 +432,7 @@ async fn external_cm_credential_failures_and_wrong_key_types_are_clear() {
             Some(&operator),
         )
         .await;
-    assert_error(
-        s,
-        &r,
-        403,
-        "only the peers configured in [[users]] may export",
-    );
+    assert_error(s, &r, 403, "peer token");
 
     // Wrong password at the CM: 502 naming the cause.
     let wrong = Bridge::start(

@@ -524,7 +524,7 @@ pub struct Bridge {
     child: Option<Child>,
     http: reqwest::Client,
     env_credentials: bool,
-    env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
 }
 
 pub const ISSUER: &str = "hsm-bridge-tests";
@@ -538,7 +538,7 @@ impl Bridge {
             .tempdir_in(w.dir.path())
             .expect("tempdir");
         let d = dir.path();
-        std::fs::write(d.join("pin"), USER_PIN).expect("pin");
+        write_private(&d.join("pin"), USER_PIN);
         // A secret file's trailing newlines are not part of the secret: none at the end here.
         let mut jwt_secret = random_bytes(48);
         if let Some(last) = jwt_secret.last_mut()
@@ -547,7 +547,7 @@ impl Bridge {
             *last = b'x';
         }
         remember(&jwt_secret);
-        std::fs::write(d.join("jwt.key"), &jwt_secret).expect("jwt");
+        write_private(&d.join("jwt.key"), &jwt_secret);
         let account = w.new_account();
         let n = w.next();
         let kms_name = format!("kms-{n}");
@@ -899,6 +899,41 @@ impl Drop for Bridge {
             let _ = c.wait();
         }
     }
+}
+
+/// Writes a secret file as an operator would: readable by its owner only (the daemon refuses
+/// secret files its group or others may read).
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).expect("secret file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// `[[users]]` entries for peers of the bridge: (name, password, groups).
+pub fn peers_toml(peers: &[(&str, &str, &[&str])]) -> String {
+    let mut out = String::new();
+    for (name, password, groups) in peers {
+        out.push_str(&format!(
+            "\n[[users]]\nname = \"{name}\"\npassword_hash = \"{}\"\ngroups = {}\n",
+            hash_password(password),
+            serde_json::to_string(groups).expect("groups")
+        ));
+    }
+    out
+}
+
+/// A peer token: the password grant of `POST /api/v1/auth/tokens`.
+pub async fn peer_token(b: &Bridge, user: &str, password: &str) -> String {
+    let (s, r) = b
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/auth/tokens",
+            Some(&json!({"grant_type": "password", "username": user, "password": password})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "password grant for {user}: {r}");
+    r["jwt"].as_str().expect("jwt").to_owned()
 }
 
 /// An Argon2 hash of `pw` from `hsm-bridge hash-password`, for `[[users]]`.

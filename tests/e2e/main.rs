@@ -1,5 +1,6 @@
 //! End-to-end tests: the real daemon on SoftHSM2 tokens and LocalStack's KMS.
 
+mod access;
 mod auth;
 mod cli;
 mod compat;
@@ -12,6 +13,7 @@ mod manage;
 mod policy;
 mod private;
 mod proxy;
+mod transport;
 mod upload;
 mod validation;
 mod vault;

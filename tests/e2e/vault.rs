@@ -123,10 +123,14 @@ async fn exports_need_an_allowed_group_and_an_allowed_wrapping_key() {
         &tokens,
         Opts {
             extra_toml: format!(
-                "\n[export]\nallowed_groups = [\"admin\"]\nallowed_wrapping_keys = [\"{}\"]\n",
+                "\n[export]\nallowed_groups = [\"admin\"]\nallowed_wrapping_keys = [\"{}\"]\n{}",
                 fingerprint(&allowed)
                     .to_uppercase()
-                    .replace("SHA256:", "sha256:")
+                    .replace("SHA256:", "sha256:"),
+                peers_toml(&[
+                    ("root", "root's password", &["admin"]),
+                    ("carol", "carol's password", &[GROUP]),
+                ])
             ),
             ..Opts::default()
         },
@@ -137,9 +141,29 @@ async fn exports_need_an_allowed_group_and_an_allowed_wrapping_key() {
     let path = format!("/api/v1/vault/keys2/{id}/export");
     let to = |k: &rsa::RsaPrivateKey| json!({"wrapPublicKey": wrapping_pem(k), "wrapPublicKeyPadding": "oaep"});
 
-    let (s, r) = b.post(&path, &to(&allowed)).await;
+    // A peer whose groups may not export; an operator token of an allowed group (only peer
+    // tokens export); then the allowed peer.
+    let carol = peer_token(&b, "carol", "carol's password").await;
+    let (s, r) = b
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(&to(&allowed)),
+            Some(&carol),
+        )
+        .await;
     assert_error(s, &r, 403, "export.allowed_groups");
-    let admin = mint_cli(&b.config, "root", &["admin"]);
+    let operator = mint_cli(&b.config, "root", &["admin"]);
+    let (s, r) = b
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(&to(&allowed)),
+            Some(&operator),
+        )
+        .await;
+    assert_error(s, &r, 403, "peer token");
+    let admin = peer_token(&b, "root", "root's password").await;
     let (s, r) = b
         .call(
             reqwest::Method::POST,
