@@ -1,6 +1,6 @@
-//! Failures of the domain (uploads, vault, templates) and how each is answered.
+//! Failures of the domain (uploads, vault, templates) and what the caller reads of each; the
+//! HTTP status and CipherTrust code of each are `http::domain_errors`.
 
-use crate::http::error::{ApiError, ErrorCode};
 use crate::kms::{KmsError, KmsErrorKind};
 use crate::pkcs11::{TokenError, TokenFailure};
 use crate::store::StoreError;
@@ -53,34 +53,6 @@ impl DomainError {
         }
     }
 
-    fn code(&self) -> ErrorCode {
-        match self {
-            DomainError::Invalid(_) => ErrorCode::InvalidParam,
-            DomainError::NotFound(_) => ErrorCode::NotFound,
-            DomainError::Conflict(_) => ErrorCode::Conflict,
-            DomainError::Unprocessable(_) => ErrorCode::Unprocessable,
-            DomainError::Token { source, .. } => match source.failure() {
-                TokenFailure::KeyNotExportable | TokenFailure::KeyUnsuitable => {
-                    ErrorCode::Unprocessable
-                }
-                TokenFailure::Unavailable | TokenFailure::SessionLost => ErrorCode::Unavailable,
-                TokenFailure::Internal => ErrorCode::Internal,
-            },
-            DomainError::Kms(k) => match k.kind {
-                KmsErrorKind::BadRequest => ErrorCode::InvalidParam,
-                KmsErrorKind::Conflict => ErrorCode::Conflict,
-                KmsErrorKind::NotFound => ErrorCode::NotFound,
-                KmsErrorKind::Upstream => ErrorCode::BadGateway,
-                KmsErrorKind::Unavailable => ErrorCode::Unavailable,
-            },
-            DomainError::Store(_) | DomainError::Internal(_) => ErrorCode::Internal,
-            DomainError::Upstream(_) => ErrorCode::BadGateway,
-            DomainError::Unavailable(_) => ErrorCode::Unavailable,
-            DomainError::Forbidden(_) => ErrorCode::Forbidden,
-            DomainError::HalfMade { cause, .. } => cause.code(),
-        }
-    }
-
     /// What the caller reads: no PKCS#11 or SDK internals unless they help them act.
     pub fn public_message(&self) -> String {
         match self {
@@ -103,24 +75,12 @@ impl DomainError {
                 KmsErrorKind::Upstream => format!("AWS KMS failed ({}): {}", k.op, k.message),
                 _ => format!("AWS KMS refused the request ({}): {}", k.op, k.message),
             },
+            DomainError::Store(e) if e.is_unavailable() => {
+                "the bridge's store cannot be written right now (disk full or read-only); nothing was sent to AWS".into()
+            }
             DomainError::Store(_) => "the bridge's store failed".into(),
             other => other.to_string(),
         }
-    }
-}
-
-impl From<DomainError> for ApiError {
-    fn from(e: DomainError) -> Self {
-        let detail = match &e {
-            DomainError::Token { source, .. } => Some(source.to_string()),
-            DomainError::Kms(k) => Some(format!("{k} (code {:?})", k.code)),
-            DomainError::Store(s) => Some(s.to_string()),
-            DomainError::HalfMade { cause, .. } => Some(cause.to_string()),
-            _ => None,
-        };
-        let mut api = ApiError::new(e.code(), e.public_message());
-        api.detail = detail;
-        api
     }
 }
 

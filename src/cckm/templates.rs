@@ -53,6 +53,14 @@ pub async fn create(
     if name.chars().count() > 256 {
         return Err(DomainError::Invalid("name: at most 256 characters".into()));
     }
+    if name
+        .chars()
+        .any(|c| matches!(c, '<' | '>' | '\\') || c.is_control())
+    {
+        return Err(DomainError::Invalid(
+            "name: must not contain <, >, \\ or control characters".into(),
+        ));
+    }
     let kms_name = body
         .kms
         .ok_or_else(|| DomainError::Invalid("kms: is required".into()))?;

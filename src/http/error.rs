@@ -222,6 +222,6 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::internal("the bridge's store failed").with_detail(e.to_string())
+        ApiError::from(crate::error::DomainError::Store(e))
     }
 }

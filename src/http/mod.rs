@@ -5,6 +5,7 @@ pub mod attempts;
 pub mod auth;
 pub mod auth_tokens;
 pub mod aws_keys;
+pub mod domain_errors;
 pub mod error;
 pub mod extract;
 pub mod key_actions;

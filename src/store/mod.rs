@@ -26,6 +26,27 @@ pub enum StoreError {
     Worker(String),
 }
 
+impl StoreError {
+    /// The store cannot be written for now (disk full, read-only, its file unreachable):
+    /// the caller may retry later; nothing is wrong with the request.
+    pub fn is_unavailable(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::Sql(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.code,
+                C::DiskFull
+                    | C::ReadOnly
+                    | C::CannotOpen
+                    | C::SystemIoFailure
+                    | C::DatabaseBusy
+                    | C::DatabaseLocked
+            ),
+            StoreError::Io(_) => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
@@ -231,4 +252,31 @@ pub fn format_time(t: time::OffsetDateTime) -> String {
             "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
         ))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod unavailable_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_or_read_only_store_is_unavailable_not_broken() {
+        for code in [
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_READONLY,
+            rusqlite::ffi::SQLITE_IOERR,
+            rusqlite::ffi::SQLITE_CANTOPEN,
+        ] {
+            let e = StoreError::Sql(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ));
+            assert!(e.is_unavailable(), "{code}");
+        }
+        let e = StoreError::Sql(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+            None,
+        ));
+        assert!(!e.is_unavailable());
+        assert!(!StoreError::Corrupt("x".into()).is_unavailable());
+    }
 }

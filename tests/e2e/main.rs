@@ -13,6 +13,7 @@ mod manage;
 mod policy;
 mod private;
 mod proxy;
+mod store_faults;
 mod transport;
 mod upload;
 mod validation;

@@ -198,6 +198,15 @@ async fn policy_templates_are_stored_applied_and_guarded() {
         .post("/api/v1/cckm/aws/templates", &json!({"kms": b.kms_name}))
         .await;
     assert_error(s, &r, 400, "name");
+    for bad in ["tab\there", "new\nline", "bell\u{7}", "<script>"] {
+        let (s, r) = b
+            .post(
+                "/api/v1/cckm/aws/templates",
+                &json!({"name": bad, "kms": b.kms_name, "key_users": ["x"]}),
+            )
+            .await;
+        assert_error(s, &r, 400, "control characters");
+    }
 
     let (s, list) = b.get("/api/v1/cckm/aws/templates").await;
     assert_eq!(s, StatusCode::OK);

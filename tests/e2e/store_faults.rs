@@ -1,0 +1,133 @@
+//! The store on a small filesystem of its own (a tmpfs with a size limit): when it is full, an
+//! upload cannot be journaled and is refused with a 503 before anything reaches AWS; once
+//! space returns, uploads work again without a restart. (A filesystem cannot be remounted
+//! read-only under an open database, so the read-only case is the same code path, shown by the
+//! error mapping's unit test.)
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::harness::*;
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let dir = world()
+            .dir
+            .path()
+            .join(format!("small-fs-{}", world().next()));
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root (the test suite runs as root)"
+        );
+        SmallFs(dir)
+    }
+
+    /// Writes a file until the filesystem is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.flush();
+        let _ = f.sync_all();
+        p
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_or_read_only_store_refuses_uploads_before_aws_and_recovers() {
+    let fs = SmallFs::mount("4m");
+    let tokens = Tokens::new();
+    let db = fs.0.join("hsm-bridge.db");
+    let mut b = Bridge::start(
+        &tokens,
+        Opts {
+            env: vec![(
+                "HSM_BRIDGE__STORE__PATH".into(),
+                db.to_string_lossy().into_owned(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    b.db_path = db;
+    let material = secret(32);
+    let key = b.vault_import("full-disk", "aes", &material).await;
+    let kms = b.kms().await;
+    let upload = |alias: String| {
+        json!({"source_key_identifier": key, "kms": b.kms_name, "region": REGION,
+               "aws_param": {"Alias": alias}})
+    };
+
+    let (s, r) = b.upload(upload(format!("first-{}", world().next()))).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let first = r["aws_param"]["KeyID"].as_str().expect("KeyID").to_owned();
+    prove_aes(&kms, &first, &material).await;
+
+    // Full: uploads are refused while no space is left, and work once it returns.
+    let filler = fs.fill();
+    let mut refused = 0;
+    for i in 0..5 {
+        let before = kms_key_count(&kms).await;
+        let (s, r) = b
+            .upload(upload(format!("full-{i}-{}", world().next())))
+            .await;
+        if s == StatusCode::CREATED {
+            // SQLite may still fit a transaction into pages its write-ahead log already has:
+            // then the attempt was journaled, and the upload is whole.
+            let k = r["aws_param"]["KeyID"].as_str().expect("KeyID");
+            prove_aes(&kms, k, &material).await;
+            continue;
+        }
+        assert_error(s, &r, 503, "store");
+        refused += 1;
+        let after = kms_key_count(&kms).await;
+        assert!(
+            after == before
+                || r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("scheduled for deletion")),
+            "a refused upload left no enabled key: {r}"
+        );
+    }
+    assert!(refused > 0, "a full store refused no upload");
+    std::fs::remove_file(&filler).expect("free the space");
+    let (s, r) = b.upload(upload(format!("after-{}", world().next()))).await;
+    assert_eq!(s, StatusCode::CREATED, "space returned: {r}");
+    let k = r["aws_param"]["KeyID"].as_str().expect("KeyID");
+    prove_aes(&kms, k, &material).await;
+    // Every key in KMS is either a whole upload or scheduled for deletion.
+    for (id, state) in kms_keys(&kms).await {
+        assert!(
+            state == "Enabled" || state == "PendingDeletion",
+            "key {id} is {state}"
+        );
+    }
+    b.finish().await;
+    drop(fs);
+}
