@@ -22,9 +22,40 @@ use crate::secrets::SecretSource;
 
 pub const ENV_PREFIX: &str = "HSM_BRIDGE__";
 
+/// `[audit]`: the audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How often the chain's head is sealed with the token's MAC (and at every stop).
+    #[serde(default = "default_seal_interval")]
+    pub seal_interval_secs: u64,
+}
+
+fn default_seal_interval() -> u64 {
+    60
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            seal_interval_secs: default_seal_interval(),
+        }
+    }
+}
+
+/// The file a configuration came from and the SHA-256 of its text.
+#[derive(Debug, Clone)]
+pub struct LoadedFrom {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where the configuration was read from (for the audit log); not a key of the file.
+    #[serde(skip)]
+    pub loaded_from: Option<LoadedFrom>,
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub store: StoreConfig,
@@ -36,6 +67,8 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(default)]
@@ -504,7 +537,7 @@ impl Config {
             path: path.to_owned(),
             message: one_line(&e.to_string()),
         })?;
-        let cfg: Config = serde_path_to_error::deserialize(built).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(built).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::key(
                 if key == "." { "(top)".into() } else { key },
@@ -512,6 +545,15 @@ impl Config {
             )
         })?;
         cfg.check()?;
+        cfg.loaded_from = Some(LoadedFrom {
+            path: path.to_owned(),
+            sha256: std::fs::read(path)
+                .map(|b| {
+                    use sha2::Digest;
+                    hex::encode(sha2::Sha256::digest(b))
+                })
+                .unwrap_or_default(),
+        });
         Ok(cfg)
     }
 
@@ -802,6 +844,12 @@ impl Config {
             return Err(ConfigError::key(
                 "auth.allowed_groups",
                 "no group may do anything: set auth.allowed_groups (every role) or [auth.roles]",
+            ));
+        }
+        if self.audit.seal_interval_secs == 0 {
+            return Err(ConfigError::key(
+                "audit.seal_interval_secs",
+                "must be at least 1",
             ));
         }
         if let Err((key, why)) = self.sync.check() {

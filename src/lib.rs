@@ -1,6 +1,7 @@
 //! hsm-bridge: uploads keys into AWS KMS while their plaintext never leaves a PKCS#11 token.
 #![recursion_limit = "256"]
 
+pub mod audit;
 pub mod background;
 pub mod cckm;
 pub mod config;

@@ -49,6 +49,21 @@ enum Command {
     },
     /// Read a password on standard input and print its Argon2id hash for `[[users]]`.
     HashPassword,
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the whole hash chain and every seal (with the bridge token's MAC key); names the
+    /// first entry that was altered or removed. Exits non-zero if the trail is broken.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -152,6 +167,38 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("hsm-bridge: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::Audit {
+            action: AuditCommand::Verify { config },
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg);
+            match hsm_bridge::audit::verify_configured(&cfg) {
+                Ok(hsm_bridge::audit::Verdict::Intact {
+                    entries,
+                    seals,
+                    last_sealed,
+                }) => {
+                    println!(
+                        "audit trail intact: {entries} entries, {seals} seals{}",
+                        last_sealed
+                            .map(|s| format!(", the last one over entry {s}"))
+                            .unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(hsm_bridge::audit::Verdict::Broken { seq, why }) => {
+                    println!("audit trail BROKEN at entry {seq}: {why}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("hsm-bridge: {e}");
+                    ExitCode::FAILURE
                 }
             }
         }

@@ -173,6 +173,7 @@ pub async fn issue(
                     "the password grant needs username and password",
                 ));
             };
+            super::audit::set_actor(&name);
             let mut subjects = vec![Subject::User(name.clone())];
             subjects.extend(addr.map(Subject::Address));
             match svc.guard.check(&subjects) {
@@ -264,7 +265,10 @@ pub async fn issue(
                 })
                 .await?;
             let (name, family) = match redeemed {
-                refresh::Redeemed::Rotated { username, family } => (username, family),
+                refresh::Redeemed::Rotated { username, family } => {
+                    super::audit::set_actor(&username);
+                    (username, family)
+                }
                 refresh::Redeemed::Unknown => {
                     return Err(ApiError::unauthorized(
                         "the refresh token is unknown or has expired",

@@ -39,6 +39,8 @@ pub struct Limited<S> {
     idle: Duration,
     /// Armed while the next bytes from the client are due.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Bytes were written since the last flush (an answer is going out).
+    wrote: bool,
 }
 
 impl<S> Limited<S> {
@@ -68,6 +70,7 @@ where
                     _permit: permit,
                     idle: self.idle,
                     deadline: None,
+                    wrote: false,
                 };
                 conn.arm();
                 Ok((conn, service))
@@ -119,13 +122,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote = true;
+        }
+        r
     }
 
-    /// An answer has gone out: the client's next request is due.
+    /// An answer has gone out: the client's next request is due. (The server also flushes
+    /// with nothing written, while a request is being handled: that arms nothing, so a long
+    /// request is never cut.)
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_flush(cx);
-        if matches!(r, Poll::Ready(Ok(()))) {
+        if matches!(r, Poll::Ready(Ok(()))) && self.wrote {
+            self.wrote = false;
             self.arm();
         }
         r
@@ -140,7 +150,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote = true;
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

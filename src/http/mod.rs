@@ -2,6 +2,7 @@
 //! and one file per resource.
 
 pub mod attempts;
+pub mod audit;
 pub mod auth;
 pub mod auth_tokens;
 pub mod aws_keys;
@@ -89,6 +90,7 @@ pub fn app(state: AppState, max_body_bytes: usize, request_timeout: std::time::D
             axum::routing::delete(auth_tokens::revoke),
         )
         .at("/api/v1/system/tokens", get(system::tokens))
+        .at("/api/v1/audit", get(audit::list))
         .at("/healthz", get(health))
         .0
         .fallback(not_found)
@@ -106,6 +108,7 @@ pub fn app(state: AppState, max_body_bytes: usize, request_timeout: std::time::D
             refuse_oversized,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_context,

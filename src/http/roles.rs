@@ -119,6 +119,7 @@ impl<R: NeedsRole> FromRequestParts<AppState> for Need<R> {
             .map(|v| v.to_str().unwrap_or(""));
         let caller = state.auth.verify(header)?;
         tracing::Span::current().record("user", caller.user.as_str());
+        super::audit::set_actor(&caller.user);
         if !caller.roles.contains(&R::ROLE) {
             return Err(ApiError::forbidden(format!(
                 "the token's groups do not grant the {} role this operation needs",

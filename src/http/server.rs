@@ -179,8 +179,29 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             retention.clamp(Duration::from_secs(1), Duration::from_secs(3600)),
         ));
     }
+    let auditor = crate::audit::Auditor::new(store.clone(), tokens.vault().clone());
+    auditor
+        .event(
+            "hsm-bridge",
+            "configuration-load",
+            "success",
+            "",
+            serde_json::json!({
+                "path": cfg.loaded_from.as_ref().map(|l| l.path.display().to_string()),
+                "sha256": cfg.loaded_from.as_ref().map(|l| l.sha256.clone()),
+                "tokens": cfg.tokens.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+                "kms": cfg.kms.iter().map(|k| k.name.clone()).collect::<Vec<_>>(),
+            }),
+        )
+        .await;
+    tokio::spawn(
+        auditor
+            .clone()
+            .seal_forever(Duration::from_secs(cfg.audit.seal_interval_secs)),
+    );
     let state = AppState {
         auth: Arc::new(auth),
+        auditor: auditor.clone(),
         uploader,
         keys,
         sync,
@@ -255,6 +276,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             server.acceptor(tls).handle(handle).serve(service).await?
         }
         None => server.acceptor(limit).handle(handle).serve(service).await?,
+    }
+    if let Err(e) = auditor.seal().await {
+        tracing::error!(error = %e, "could not seal the audit log at shutdown");
     }
     tracing::info!("stopped");
     Ok(())

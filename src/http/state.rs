@@ -13,6 +13,7 @@ use crate::vault::Vault;
 pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub uploader: Arc<Uploader>,
+    pub auditor: crate::audit::Auditor,
     pub keys: Arc<crate::cckm::manage::KeyManager>,
     pub sync: Arc<crate::background::sync::Synchronizer>,
     pub vault: Arc<Vault>,

@@ -98,6 +98,7 @@ impl TokenSet {
         let kek_label = tokens[vault].kek_label.clone();
         tokens[vault].run_blocking(|s| {
             ops::ensure_kek(s, &kek_label)?;
+            ops::audit_mac_key(s, true)?;
             ops::ensure_transport_key(s, ops::TRANSPORT_LABEL).map(|_| ())
         })?;
         Ok(Self { tokens, vault })

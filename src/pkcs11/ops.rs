@@ -279,6 +279,65 @@ pub fn ensure_kek(session: &Session, label: &str) -> Result<(ObjectHandle, Vec<u
     Ok((h, id.to_vec()))
 }
 
+/// The label of the audit log's MAC key in the bridge token.
+pub const AUDIT_MAC_LABEL: &str = "hsm-bridge-audit-mac";
+
+/// The audit log's MAC key: an HMAC-SHA-256 key that never leaves the bridge token and can only
+/// sign and verify. `create`: generated on first use (the daemon); otherwise absent is `None`
+/// (`audit verify` never creates one).
+pub fn audit_mac_key(session: &Session, create: bool) -> Result<Option<ObjectHandle>, TokenError> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(AUDIT_MAC_LABEL.as_bytes().to_vec()),
+        ])
+        .map_err(TokenError::ck("C_FindObjects (audit MAC key)"))?;
+    match found.as_slice() {
+        [h] => return Ok(Some(*h)),
+        [] if !create => return Ok(None),
+        [] => {}
+        many => {
+            return Err(TokenError::Refused(format!(
+                "{} keys carry the label \"{AUDIT_MAC_LABEL}\"; exactly one is expected",
+                many.len()
+            )));
+        }
+    }
+    let t = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::ValueLen(32u64.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Label(AUDIT_MAC_LABEL.as_bytes().to_vec()),
+    ];
+    let h = session
+        .generate_key(&Mechanism::GenericSecretKeyGen, &t)
+        .map_err(TokenError::ck("C_GenerateKey (audit MAC key)"))?;
+    tracing::info!("created the audit log's MAC key in the bridge token");
+    Ok(Some(h))
+}
+
+/// HMAC-SHA-256 of `data` under a token key.
+pub fn hmac_sha256(
+    session: &Session,
+    key: ObjectHandle,
+    data: &[u8],
+) -> Result<Vec<u8>, TokenError> {
+    session
+        .sign(&Mechanism::Sha256Hmac, key, data)
+        .map_err(TokenError::ck("C_Sign (HMAC-SHA-256)"))
+}
+
 /// Attributes of a token object, as far as they were asked for and the token gave them.
 #[derive(Debug, Clone)]
 pub struct KeyFacts {

@@ -2,6 +2,7 @@
 //! templates and upload attempts. Calls run on the blocking pool.
 
 pub mod attempts;
+pub mod audit;
 pub mod aws_keys;
 pub mod history;
 pub mod refresh;
@@ -179,6 +180,27 @@ ALTER TABLE upload_attempts ADD COLUMN create_uncertain INTEGER NOT NULL DEFAULT
     // A deleted vault key is kept (wrapped) until its retention ends, so it can be restored.
     r#"
 ALTER TABLE vault_keys ADD COLUMN deleted_at TEXT;
+"#,
+    // The audit log: a hash chain of entries, its head sealed now and then with a MAC computed
+    // by a key in the bridge token.
+    r#"
+CREATE TABLE audit_log (
+    seq         INTEGER PRIMARY KEY,
+    at          TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    prev_hash   BLOB NOT NULL,
+    hash        BLOB NOT NULL
+);
+CREATE TABLE audit_seals (
+    seq         INTEGER PRIMARY KEY,
+    hash        BLOB NOT NULL,
+    mac         BLOB NOT NULL,
+    at          TEXT NOT NULL
+);
 "#,
 ];
 

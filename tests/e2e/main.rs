@@ -1,6 +1,7 @@
 //! End-to-end tests: the real daemon on SoftHSM2 tokens and LocalStack's KMS.
 
 mod access;
+mod audit;
 mod auth;
 mod cli;
 mod compat;

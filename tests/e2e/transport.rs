@@ -29,9 +29,11 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_and_connections_are_limited() {
     let tokens = Tokens::new();
+    let proxy = crate::proxy::FaultProxy::start().await;
     let b = Bridge::start(
         &tokens,
         Opts {
+            kms_endpoint: Some(proxy.url.clone()),
             with_source: false,
             env: vec![
                 (
@@ -66,6 +68,23 @@ async fn slow_clients_are_cut_off_and_connections_are_limited() {
         took < Duration::from_secs(6),
         "cut off after {took:?}, not within the 2 s header timeout"
     );
+
+    // A request that takes longer than the timeout to answer is not cut: only a client that
+    // keeps the server waiting is.
+    let material = secret(32);
+    let key = b.vault_import("slow-answer", "aes", &material).await;
+    proxy.on(
+        "CreateKey",
+        crate::proxy::Fault::DelayOnce(Duration::from_secs(4)),
+    );
+    let (s, r) = b
+        .upload(
+            serde_json::json!({"source_key_identifier": key, "kms": b.kms_name,
+                                   "region": REGION}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::CREATED, "{r}");
+    proxy.heal();
 
     // An idle connection is closed too.
     let mut idle = TcpStream::connect(addr(&b)).await.expect("connect");
