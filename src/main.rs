@@ -115,7 +115,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hsm-bridge: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(e.exit_status())
                 }
             }
         }

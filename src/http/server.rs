@@ -41,6 +41,20 @@ pub enum ServeError {
     },
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    /// A token refused its PIN: restarting would only try the same PIN again.
+    #[error("{0}")]
+    PinRefused(String),
+}
+
+impl ServeError {
+    /// The exit status: 78 (EX_CONFIG) when a restart cannot help (the unit's
+    /// `RestartPreventExitStatus=78`), 1 otherwise.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            ServeError::PinRefused(_) => 78,
+            _ => 1,
+        }
+    }
 }
 
 fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, ServeError> {
@@ -108,7 +122,10 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let tokens = tokio::task::spawn_blocking(move || TokenSet::open(&token_cfg))
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?
-        .map_err(|e| ServeError::Setup(e.to_string()))?;
+        .map_err(|e| match e {
+            crate::pkcs11::TokenError::PinRefused(why) => ServeError::PinRefused(why),
+            e => ServeError::Setup(e.to_string()),
+        })?;
     let tokens = Arc::new(tokens);
     let cms = cfg
         .external_cm

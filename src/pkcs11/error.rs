@@ -16,6 +16,9 @@ pub enum TokenError {
     SelfTest(String),
     #[error("the token worker stopped: {0}")]
     Worker(String),
+    /// The token refused the PIN (incorrect, locked, expired): never retried.
+    #[error("{0}")]
+    PinRefused(String),
 }
 
 /// What a PKCS#11 failure means for the caller, independent of the token family.

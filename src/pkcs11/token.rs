@@ -121,6 +121,9 @@ struct Inner {
     user_type: UserType,
     idle: Mutex<Vec<Session>>,
     permits: Arc<Semaphore>,
+    /// Set when the token refused the PIN: no login is ever attempted again (retrying a wrong
+    /// PIN can lock or zeroize an HSM role).
+    pin_refused: Mutex<Option<String>>,
 }
 
 impl Token {
@@ -167,10 +170,14 @@ impl Token {
             user_type,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(cfg.sessions)),
+            pin_refused: Mutex::new(None),
         });
         // Log in now so that a wrong PIN stops the start, not the first request.
-        inner.with_session(|_| Ok(())).map_err(|e| {
-            TokenError::Refused(format!("token {}: {e} (see {})", cfg.name, key("pin_file")))
+        inner.with_session(|_| Ok(())).map_err(|e| match e {
+            TokenError::PinRefused(why) => {
+                TokenError::PinRefused(format!("{why} (see {})", key("pin_file")))
+            }
+            e => TokenError::Refused(format!("token {}: {e} (see {})", cfg.name, key("pin_file"))),
         })?;
         Ok(Token {
             name: cfg.name.clone(),
@@ -284,8 +291,29 @@ impl Inner {
                 return Err(err);
             }
         };
+        if let Some(why) = self.pin_refused.lock().ok().and_then(|g| g.clone()) {
+            return Err(TokenError::PinRefused(why));
+        }
         match session.login(self.user_type, Some(&self.pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            Err(CkError::Pkcs11(
+                rv @ (RvError::PinIncorrect
+                | RvError::PinLocked
+                | RvError::PinExpired
+                | RvError::PinInvalid
+                | RvError::PinLenRange),
+                _,
+            )) => {
+                let why = format!(
+                    "token {} refused the PIN ({rv:?}); it is not tried again: fix the PIN file and restart",
+                    self.name
+                );
+                tracing::error!(token = %self.name, rv = ?rv, "the token refused the PIN; no further login will be attempted");
+                if let Ok(mut g) = self.pin_refused.lock() {
+                    *g = Some(why.clone());
+                }
+                Err(TokenError::PinRefused(why))
+            }
             Err(e) => Err(TokenError::ck("C_Login")(e)),
         }
     }

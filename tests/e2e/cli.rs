@@ -241,14 +241,34 @@ fn probe_prints_each_token_and_the_methods_it_proved() {
     let (code, out, _) = run(&["probe", "--config", path.to_str().expect("path")], &[]);
     assert_ne!(code, 0);
     assert!(
-        out.contains("C_Login") && out.contains("PinIncorrect"),
+        out.contains("refused the PIN") && out.contains("PinIncorrect"),
         "{out}"
     );
+    // The daemon stops with 78, which the unit does not restart (a retry would try the same
+    // PIN again), and says why in one line.
     let (code, _, err) = run(&["serve", "--config", path.to_str().expect("path")], &[]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 78, "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
     assert!(
-        err.contains("PinIncorrect") && err.contains("tokens[0].pin_file"),
+        last.starts_with("hsm-bridge: "),
+        "the reason ends the output: {err}"
+    );
+    assert_eq!(
+        err.matches("the token refused the PIN").count(),
+        2,
+        "one login attempt per token (two tokens use this PIN file): {err}"
+    );
+    assert!(
+        last.contains("PinIncorrect")
+            && last.contains("not tried again")
+            && last.contains("tokens[0].pin_file"),
         "{err}"
+    );
+    let unit = std::fs::read_to_string(format!("{REPO}/systemd/hsm-bridge.service")).expect("unit");
+    assert!(
+        unit.lines()
+            .any(|l| l.trim() == "RestartPreventExitStatus=78"),
+        "{unit}"
     );
 }
 
