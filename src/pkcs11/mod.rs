@@ -96,8 +96,11 @@ impl TokenSet {
             .position(|t| t.name == vault_name)
             .ok_or_else(|| TokenError::Refused("no vault token".into()))?;
         let kek_label = tokens[vault].kek_label.clone();
+        let storage = tokens[vault]
+            .capabilities()
+            .and_then(|c| c.storage.as_ref().map(|st| st.mechanism));
         tokens[vault].run_blocking(|s| {
-            ops::ensure_kek(s, &kek_label)?;
+            ops::ensure_kek(s, &kek_label, storage)?;
             ops::audit_mac_key(s, true)?;
             ops::ensure_transport_key(s, ops::TRANSPORT_LABEL).map(|_| ())
         })?;

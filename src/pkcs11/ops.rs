@@ -248,13 +248,18 @@ pub fn find_kek(
     }
 }
 
-/// The vault KEK, generated in the token on first use.
-pub fn ensure_kek(session: &Session, label: &str) -> Result<(ObjectHandle, Vec<u8>), TokenError> {
+/// The vault KEK, generated in the token on first use. A new KEK cannot be modified and may
+/// only wrap and unwrap with `mechanism` (the RFC 5649 wrap the self-test proved), where known.
+pub fn ensure_kek(
+    session: &Session,
+    label: &str,
+    mechanism: Option<RawMechanism>,
+) -> Result<(ObjectHandle, Vec<u8>), TokenError> {
     if let Some(found) = find_kek(session, label)? {
         return Ok(found);
     }
     let id: [u8; 16] = rand::random();
-    let t = [
+    let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
         Attribute::ValueLen(32u64.into()),
@@ -266,9 +271,14 @@ pub fn ensure_kek(session: &Session, label: &str) -> Result<(ObjectHandle, Vec<u
         Attribute::Unwrap(true),
         Attribute::Encrypt(false),
         Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Modifiable(false),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
     ];
+    if let Some(m) = mechanism {
+        t.push(Attribute::AllowedMechanisms(vec![m.mechanism_type()]));
+    }
     let h = session
         .generate_key(&Mechanism::AesKeyGen, &t)
         .map_err(TokenError::ck("C_GenerateKey (KEK)"))?;
@@ -497,6 +507,10 @@ pub fn rsa_aes_wrap(
                 Attribute::Unwrap(false),
                 Attribute::Encrypt(false),
                 Attribute::Decrypt(false),
+                Attribute::Derive(false),
+                Attribute::Sign(false),
+                // Its one use: the RFC 5649 wrap of the target key.
+                Attribute::AllowedMechanisms(vec![kwp.mechanism_type()]),
             ];
             let ephemeral = guard(
                 session,
@@ -748,9 +762,12 @@ pub fn ensure_transport_key(
         Attribute::Wrap(true),
         Attribute::Encrypt(false),
         Attribute::Verify(false),
+        Attribute::Modifiable(false),
+        Attribute::AllowedMechanisms(vec![MechanismType::RSA_PKCS_OAEP]),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
     ];
+    // Only RSA-OAEP unwraps (of secret keys, and of the ephemeral key of an RSA-AES wrap).
     let private = [
         Attribute::Token(true),
         Attribute::Private(true),
@@ -759,6 +776,9 @@ pub fn ensure_transport_key(
         Attribute::Unwrap(true),
         Attribute::Decrypt(false),
         Attribute::Sign(false),
+        Attribute::Derive(false),
+        Attribute::Modifiable(false),
+        Attribute::AllowedMechanisms(vec![MechanismType::RSA_PKCS_OAEP]),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
     ];
