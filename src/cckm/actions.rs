@@ -262,13 +262,13 @@ impl Vocabulary for PolicyBody {}
 
 impl PolicyBody {
     pub fn validate(self) -> Result<Action, String> {
-        let lists = PolicyLists {
-            external_accounts: self.external_accounts.unwrap_or_default(),
-            key_admins: self.key_admins.unwrap_or_default(),
-            key_admins_roles: self.key_admins_roles.unwrap_or_default(),
-            key_users: self.key_users.unwrap_or_default(),
-            key_users_roles: self.key_users_roles.unwrap_or_default(),
-        };
+        let lists = PolicyLists::from_fields(
+            self.external_accounts,
+            self.key_admins,
+            self.key_admins_roles,
+            self.key_users,
+            self.key_users_roles,
+        );
         let choice = choose_policy(self.policy, self.policytemplate, lists, "policy")?
             .ok_or(
                 "give exactly one of policy, policytemplate or the key_admins/key_users/external_accounts lists",

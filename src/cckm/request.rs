@@ -151,6 +151,23 @@ pub struct PolicyLists {
 }
 
 impl PolicyLists {
+    /// The lists as a body gives them (each may be absent).
+    pub fn from_fields(
+        external_accounts: Option<Vec<String>>,
+        key_admins: Option<Vec<String>>,
+        key_admins_roles: Option<Vec<String>>,
+        key_users: Option<Vec<String>>,
+        key_users_roles: Option<Vec<String>>,
+    ) -> Self {
+        PolicyLists {
+            external_accounts: external_accounts.unwrap_or_default(),
+            key_admins: key_admins.unwrap_or_default(),
+            key_admins_roles: key_admins_roles.unwrap_or_default(),
+            key_users: key_users.unwrap_or_default(),
+            key_users_roles: key_users_roles.unwrap_or_default(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.external_accounts.is_empty()
             && self.key_admins.is_empty()
@@ -373,13 +390,13 @@ impl UploadKeyBody {
             (_, None) => Expiry::Never,
         };
 
-        let lists = PolicyLists {
-            external_accounts: self.external_accounts.unwrap_or_default(),
-            key_admins: self.key_admins.unwrap_or_default(),
-            key_admins_roles: self.key_admins_roles.unwrap_or_default(),
-            key_users: self.key_users.unwrap_or_default(),
-            key_users_roles: self.key_users_roles.unwrap_or_default(),
-        };
+        let lists = PolicyLists::from_fields(
+            self.external_accounts,
+            self.key_admins,
+            self.key_admins_roles,
+            self.key_users,
+            self.key_users_roles,
+        );
         let policy = choose_policy(p.Policy, self.policytemplate, lists, "aws_param.Policy")?
             .unwrap_or(PolicyChoice::Default);
 

@@ -77,13 +77,13 @@ pub async fn create(
             "account_id: must be a 12-digit AWS account id".into(),
         ));
     }
-    let lists = PolicyLists {
-        external_accounts: body.external_accounts.unwrap_or_default(),
-        key_admins: body.key_admins.unwrap_or_default(),
-        key_admins_roles: body.key_admins_roles.unwrap_or_default(),
-        key_users: body.key_users.unwrap_or_default(),
-        key_users_roles: body.key_users_roles.unwrap_or_default(),
-    };
+    let lists = PolicyLists::from_fields(
+        body.external_accounts,
+        body.key_admins,
+        body.key_admins_roles,
+        body.key_users,
+        body.key_users_roles,
+    );
     if body.policy.is_some() && !lists.is_empty() {
         return Err(DomainError::Invalid(
             "policy and the key_admins/key_users/external_accounts lists are mutually exclusive"

@@ -281,6 +281,18 @@ async fn refresh_tokens_can_be_revoked_and_failed_sign_ins_lock_the_user() {
     b.finish().await;
 }
 
+async fn delete_vault_key(b: &Bridge, id: &str) {
+    let (s, r) = b
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/vault/keys2/{id}"),
+            None,
+            Some(&b.token),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_vault_key_can_be_restored_until_it_is_purged() {
     let tokens = Tokens::new();
@@ -294,15 +306,7 @@ async fn a_deleted_vault_key_can_be_restored_until_it_is_purged() {
     .await;
     let material = secret(32);
     let id = b.vault_import("keep-me", "aes", &material).await;
-    let (s, _) = b
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/vault/keys2/{id}"),
-            None,
-            Some(&b.token),
-        )
-        .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    delete_vault_key(&b, &id).await;
     let (s, r) = b.get(&format!("/api/v1/vault/keys2/{id}")).await;
     assert_error(s, &r, 404, "no vault key");
     let (s, r) = b
@@ -322,15 +326,7 @@ async fn a_deleted_vault_key_can_be_restored_until_it_is_purged() {
     prove_aes(&b.kms().await, key, &material).await;
 
     // With a retention of one second, a deleted key is purged: restore then finds nothing.
-    let (s, _) = b
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/vault/keys2/{id}"),
-            None,
-            Some(&b.token),
-        )
-        .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    delete_vault_key(&b, &id).await;
     b.stop().await;
     b.env.push((
         "HSM_BRIDGE__VAULT__DELETED_RETENTION_SECS".into(),
@@ -351,15 +347,7 @@ async fn a_deleted_vault_key_can_be_restored_until_it_is_purged() {
             "never purged: {r}"
         );
         // Restored too early: delete it again and wait for the purge.
-        let (s, _) = b
-            .call(
-                Method::DELETE,
-                &format!("/api/v1/vault/keys2/{id}"),
-                None,
-                Some(&b.token),
-            )
-            .await;
-        assert_eq!(s, StatusCode::NO_CONTENT);
+        delete_vault_key(&b, &id).await;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     b.finish().await;
