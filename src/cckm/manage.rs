@@ -118,6 +118,10 @@ impl KeyManager {
     /// Re-reads one key from AWS and stores what it says (`refresh`, and the synchronization).
     pub async fn sync(&self, id: &str) -> Result<(Synced, Value), DomainError> {
         let t = self.target(id).await?;
+        self.sync_target(&t).await
+    }
+
+    async fn sync_target(&self, t: &Target) -> Result<(Synced, Value), DomainError> {
         let now = now_rfc3339();
         let (outcome, updated, aliases) = match kms::read_state(&t.client, &t.loc.key_id).await {
             Ok(st) => {
@@ -158,9 +162,9 @@ impl KeyManager {
 
     /// Runs one action on the key `id` and answers its record.
     pub async fn act(&self, id: &str, action: Action, who: &Who) -> Result<Value, DomainError> {
+        let t = self.target(id).await?;
         if matches!(action, Action::Refresh) {
-            let (outcome, record) = self.sync(id).await?;
-            let t = self.target(id).await?;
+            let (outcome, record) = self.sync_target(&t).await?;
             let detail = match &outcome {
                 Synced::Gone(why) => json!({"gone": why}),
                 Synced::Changed => json!({"changed": true}),
@@ -170,7 +174,6 @@ impl KeyManager {
                 .await;
             return Ok(record);
         }
-        let t = self.target(id).await?;
         let name = action.name();
         let refuse = |why: String| DomainError::Conflict(format!("{name}: {why}"));
         if t.loc.record["gone"] == true {
@@ -219,7 +222,7 @@ impl KeyManager {
                 .await;
             // AWS may have changed the key before failing: keep the record true.
             if !calls.is_empty() {
-                let _ = self.sync(id).await;
+                let _ = self.sync_target(&t).await;
             }
             return Err(e);
         }

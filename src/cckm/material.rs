@@ -14,7 +14,7 @@ use super::spec::{KeySpec, WrappingAlgorithm};
 use crate::error::DomainError;
 use crate::kms::{self, KmsError, MaterialImport};
 use crate::pkcs11::TokenError;
-use crate::pkcs11::fingerprint::{self, Fingerprint};
+use crate::pkcs11::fingerprint::Fingerprint;
 use crate::pkcs11::ops::{self, PrivateWrap};
 use crate::pkcs11::profile::OaepHash;
 use crate::store::Store;
@@ -126,9 +126,10 @@ impl Stages for Untracked {
     }
 }
 
-/// GetParametersForImport, wrap in the token, ImportKeyMaterial. When `expected` is given, the
-/// key about to be wrapped is fingerprinted in the same session first and must match: a key
-/// swapped in the source between checks is never sent. Errors name the stage they failed at.
+/// GetParametersForImport, wrap in the token, ImportKeyMaterial; the fingerprint of the key that
+/// was wrapped (none if the token cannot compute it). When `expected` is given, that
+/// fingerprint is taken before the wrap and must match: a key swapped in the source between
+/// checks is never sent. Errors name the stage they failed at.
 #[allow(clippy::too_many_arguments)]
 pub async fn wrap_and_import(
     client: &aws_sdk_kms::Client,
@@ -140,7 +141,7 @@ pub async fn wrap_and_import(
     import: &MaterialImport<'_>,
     expected: Option<&Fingerprint>,
     stages: &impl Stages,
-) -> Result<(), (&'static str, DomainError)> {
+) -> Result<Option<Fingerprint>, (&'static str, DomainError)> {
     let wks = wrapping_key_spec;
     let at = |stage: &'static str| move |e: DomainError| (stage, e);
     stages
@@ -171,31 +172,35 @@ pub async fn wrap_and_import(
     stages.enter("Wrap").await.map_err(at("Wrap"))?;
     let token = source.token.clone();
     let material = source.material.clone();
-    let subject = source.subject(spec);
-    let known_public = source.public_spki.clone();
+    let probe = source.fingerprinter(spec);
     let expected = expected.cloned();
-    let wrapped = token
+    let (wrapped, fingerprint) = token
         .run(move |s| {
             let key = material.materialize(s)?;
-            if let Some(want) = &expected {
-                let public = match (&subject, known_public) {
-                    (fingerprint::Subject::Private(_), None) => material.public_spki(s)?,
-                    (_, known) => known,
-                };
-                let got = fingerprint::compute(s, key.handle(), subject, public.as_deref())?;
-                if &got != want {
+            // The key about to be wrapped is fingerprinted in this very session: when a
+            // fingerprint is expected it must match (a key swapped in the source between checks
+            // is never sent); otherwise it is what the caller records, if the token can tell.
+            let fingerprint = match (&expected, probe.compute(s, key.handle())) {
+                (Some(want), Ok(got)) if &got == want => Some(got),
+                (Some(_), Ok(_)) => {
                     return Err(TokenError::Refused(
                         "the source key no longer holds the material it was checked to hold".into(),
                     ));
                 }
-            }
+                (Some(_), Err(e)) => return Err(e),
+                (None, Ok(got)) => Some(got),
+                (None, Err(e)) => {
+                    tracing::warn!(error = %e, "the source key cannot be fingerprinted; a later import-material into this key cannot prove its material and will be refused");
+                    None
+                }
+            };
             let wrapping = ops::import_rsa_wrapping_key(
                 s,
                 &modulus,
                 &exponent,
                 wrap.wrapping_key_mechanism(),
             )?;
-            wrap.wrap(s, wrapping.handle(), key.handle())
+            Ok((wrap.wrap(s, wrapping.handle(), key.handle())?, fingerprint))
         })
         .await
         .map_err(|e| ("Wrap", DomainError::token(&token.name)(e)))?;
@@ -206,5 +211,6 @@ pub async fn wrap_and_import(
         .map_err(at("ImportKeyMaterial"))?;
     kms::import_key_material(client, key_id, &params, wrapped, import)
         .await
-        .map_err(|e| ("ImportKeyMaterial", e.into()))
+        .map_err(|e| ("ImportKeyMaterial", e.into()))?;
+    Ok(fingerprint)
 }

@@ -19,7 +19,6 @@ use super::request::{
 use super::spec::{KeySpec, KeyUsage};
 use crate::error::DomainError;
 use crate::kms::{self, CreateKeyInput, KmsConn, KmsError, KmsErrorKind, SharedKms};
-use crate::pkcs11::fingerprint::Fingerprint;
 use crate::store::attempts::{self, NewAttempt, state};
 use crate::store::{Store, now_rfc3339};
 use crate::tiers::{ResolvedSource, Tiers};
@@ -122,15 +121,7 @@ impl Uploader {
         let (policy_text, template_id) = self.policy_for(&req, &conn).await?;
         let source = self.tiers.resolve(req.tier, &req.source, req.spec).await?;
         let wrap = AwsWrap::choose(&source)?;
-        // Taken before anything reaches AWS, and checked again on the key that is wrapped: the
-        // record keeps it so that any later import can prove it carries the same material.
-        let fingerprint = match source.fingerprint(req.spec).await {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::warn!(error = %e, "the source key cannot be fingerprinted; a later import-material into this key cannot prove its material and will be refused");
-                None
-            }
-        };
+
         let client = self.kms.client(&conn, &req.region).await;
         if let Some(a) = &req.alias
             && kms::alias_exists(&client, a.as_str()).await?
@@ -223,7 +214,7 @@ impl Uploader {
         };
         tracing::info!(attempt = %attempt, key_id = %ctx.key_id, "AWS key created");
         match self
-            .complete(&ctx, source, wrap, template_id.as_deref(), fingerprint)
+            .complete(&ctx, source, wrap, template_id.as_deref())
             .await
         {
             Ok(record) => Ok(record),
@@ -338,7 +329,6 @@ impl Uploader {
         source: ResolvedSource,
         wrap: AwsWrap,
         template_id: Option<&str>,
-        fingerprint: Option<Fingerprint>,
     ) -> Result<Value, (&'static str, DomainError)> {
         let req = ctx.req;
         let key_id = ctx.key_id.as_str();
@@ -363,7 +353,9 @@ impl Uploader {
             store: &self.store,
             attempt: &ctx.attempt,
         };
-        material::wrap_and_import(
+        // The record keeps the fingerprint of the key that was wrapped, taken in the same
+        // session: what any later import must prove it carries again.
+        let fingerprint = material::wrap_and_import(
             &ctx.client,
             key_id,
             &source,
@@ -371,7 +363,7 @@ impl Uploader {
             wrap,
             &wks,
             &import,
-            fingerprint.as_ref(),
+            None,
             &stages,
         )
         .await?;

@@ -53,11 +53,7 @@ where
             };
             ApiError::new(code, msg)
         })?;
-        let parsed = parse_json::<T>(&bytes);
-        if let Ok(v) = &parsed {
-            log_unused("request body", v);
-        }
-        let parsed = parsed.map(ApiJson);
+        let parsed = parse_body::<T>(&bytes).map(ApiJson);
         // Bodies may carry key material (vault imports): wipe the buffer once parsed.
         if let Ok(mut owned) = bytes.try_into_mut() {
             zeroize::Zeroize::zeroize(owned.as_mut());

@@ -70,20 +70,43 @@ impl ResolvedSource {
     /// The fingerprint of the source key's material, computed in its token (see
     /// [`fingerprint`]): what proves a later import carries the same material.
     pub async fn fingerprint(&self, spec: KeySpec) -> Result<Fingerprint, DomainError> {
-        let subject = self.subject(spec);
+        let probe = self.fingerprinter(spec);
         let material = self.material.clone();
-        let known = self.public_spki.clone();
         self.token
             .run(move |s| {
                 let key = material.materialize(s)?;
-                let public = match (&subject, known) {
-                    (Subject::Private(_), None) => material.public_spki(s)?,
-                    (_, known) => known,
-                };
-                fingerprint::compute(s, key.handle(), subject, public.as_deref())
+                probe.compute(s, key.handle())
             })
             .await
             .map_err(DomainError::token(&self.token.name))
+    }
+
+    /// What computes the fingerprint of this source's key inside a session of its token (so
+    /// that the key being wrapped can be fingerprinted in the same session).
+    pub fn fingerprinter(&self, spec: KeySpec) -> Fingerprinter {
+        Fingerprinter {
+            subject: self.subject(spec),
+            material: self.material.clone(),
+            known_public: self.public_spki.clone(),
+        }
+    }
+}
+
+/// Computes a source key's fingerprint in a session of its token.
+pub struct Fingerprinter {
+    subject: Subject,
+    material: Arc<dyn Materialize>,
+    known_public: Option<Vec<u8>>,
+}
+
+impl Fingerprinter {
+    /// The fingerprint of the resident key `key` (the source's, made resident in `s`).
+    pub fn compute(&self, s: &Session, key: ObjectHandle) -> Result<Fingerprint, TokenError> {
+        let public = match (&self.subject, &self.known_public) {
+            (Subject::Private(_), None) => self.material.public_spki(s)?,
+            (_, known) => known.clone(),
+        };
+        fingerprint::compute(s, key, self.subject, public.as_deref())
     }
 }
 
