@@ -14,6 +14,8 @@ export HSM_BRIDGE_KRYOPTIC_MODULE
 say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
+say "building the PKCS#11 fault-injection module"
+cargo build --locked -p pkcs11-faults
 say "cargo test"
 cargo test --locked -- --test-threads="${HSM_BRIDGE_TEST_THREADS:-4}"

@@ -8,6 +8,7 @@
 
 mod roles;
 mod sync;
+mod tokens;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use roles::RolesConfig;
 pub use sync::SyncConfig;
+pub use tokens::{TokenConfig, TokenRole};
 
 use serde::Deserialize;
 
@@ -327,40 +329,6 @@ pub struct StoreConfig {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenRole {
-    Bridge,
-    Source,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    pub name: String,
-    pub module: PathBuf,
-    pub token_label: Option<String>,
-    pub token_serial: Option<String>,
-    pub pin_file: String,
-    pub profile: String,
-    pub role: TokenRole,
-    #[serde(default = "default_sessions")]
-    pub sessions: usize,
-    /// Label of the vault key-encryption key (bridge token only).
-    #[serde(default = "default_kek_label")]
-    pub kek_label: String,
-    /// Overrides the profile's login user: "user" or "crypto-user".
-    pub login_user: Option<String>,
-}
-
-fn default_sessions() -> usize {
-    4
-}
-
-fn default_kek_label() -> String {
-    "hsm-bridge-vault-kek".to_owned()
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KmsConfig {
@@ -654,6 +622,12 @@ impl Config {
             if t.sessions == 0 || t.sessions > 64 {
                 return Err(ConfigError::key(k("sessions"), "must be between 1 and 64"));
             }
+            if t.call_timeout_secs == 0 || t.call_timeout_secs > 3600 {
+                return Err(ConfigError::key(
+                    k("call_timeout_secs"),
+                    "must be between 1 and 3600",
+                ));
+            }
             if let Some(u) = &t.login_user
                 && u != "user"
                 && u != "crypto-user"
@@ -917,12 +891,6 @@ impl Config {
             .filter(|t| t.role == TokenRole::Bridge)
             .find(|t| name.is_none_or(|n| n == t.name))
             .unwrap_or(&self.tokens[0])
-    }
-}
-
-impl TokenConfig {
-    pub fn pin_source(&self) -> SecretSource {
-        SecretSource::new(self.pin_file.clone())
     }
 }
 

@@ -63,9 +63,15 @@ impl DomainError {
                 TokenFailure::KeyUnsuitable => {
                     format!("token {token} cannot wrap this key: {source}")
                 }
-                TokenFailure::Unavailable | TokenFailure::SessionLost => {
-                    format!("token {token} is unavailable right now")
-                }
+                TokenFailure::Unavailable | TokenFailure::SessionLost => match source {
+                    TokenError::Timeout { secs, .. } => format!(
+                        "token {token} did not answer within {secs} s; the request was abandoned"
+                    ),
+                    TokenError::PinRefused(_) => format!(
+                        "token {token} refused the PIN and is not used until the PIN is fixed"
+                    ),
+                    _ => format!("token {token} is unavailable right now"),
+                },
                 TokenFailure::Internal => format!("token {token} failed to perform the wrap"),
             },
             DomainError::Kms(k) => match k.kind {

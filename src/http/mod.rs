@@ -152,8 +152,19 @@ async fn refuse_oversized(State(max): State<usize>, req: Request, next: Next) ->
     }
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+/// Liveness and readiness: 503 once a token is out of use for good (it refused the PIN), so
+/// a load balancer or an operator sees the daemon cannot serve.
+async fn health(State(state): State<AppState>) -> axum::response::Response {
+    let failed: Vec<String> = state
+        .tokens
+        .all()
+        .iter()
+        .filter_map(|t| t.failure())
+        .collect();
+    if failed.is_empty() {
+        return axum::Json(serde_json::json!({"status": "ok"})).into_response();
+    }
+    ApiError::new(ErrorCode::Unavailable, failed.join("; ")).into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {

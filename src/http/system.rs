@@ -18,10 +18,20 @@ pub async fn tokens(
 ) -> Result<Json<Value>, ApiError> {
     let mut resources = Vec::new();
     for t in state.tokens.all() {
-        let (on_token, in_sessions) = t
-            .run(ops::count_objects)
-            .await
-            .map_err(DomainError::token(&t.name))?;
+        // A token that cannot answer is reported as such; the others are still listed.
+        let (objects, status) = match t.run(ops::count_objects).await {
+            Ok((on_token, in_sessions)) => (
+                json!({"token": on_token, "session": in_sessions}),
+                json!({"state": "ready"}),
+            ),
+            Err(e) => (
+                Value::Null,
+                json!({
+                    "state": if t.failure().is_some() { "failed" } else { "unavailable" },
+                    "reason": DomainError::token(&t.name)(e).public_message(),
+                }),
+            ),
+        };
         let ident = t.ident();
         let caps = t.capabilities();
         resources.push(json!({
@@ -32,7 +42,8 @@ pub async fn tokens(
             "serial": ident.serial,
             "model": ident.model,
             "proven": caps.map(|c| c.summary()),
-            "objects": {"token": on_token, "session": in_sessions},
+            "objects": objects,
+            "status": status,
         }));
     }
     Ok(Json(

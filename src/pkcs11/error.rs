@@ -19,6 +19,9 @@ pub enum TokenError {
     /// The token refused the PIN (incorrect, locked, expired): never retried.
     #[error("{0}")]
     PinRefused(String),
+    /// A call did not return within the token's `call_timeout_secs`.
+    #[error("token {token} did not answer within {secs} s")]
+    Timeout { token: String, secs: u64 },
 }
 
 /// What a PKCS#11 failure means for the caller, independent of the token family.
@@ -88,7 +91,9 @@ impl TokenError {
     pub fn failure(&self) -> TokenFailure {
         match self {
             TokenError::Pkcs11 { rv, .. } => classify(*rv),
-            TokenError::TokenNotFound(_) => TokenFailure::Unavailable,
+            TokenError::TokenNotFound(_)
+            | TokenError::PinRefused(_)
+            | TokenError::Timeout { .. } => TokenFailure::Unavailable,
             TokenError::Refused(_) => TokenFailure::KeyUnsuitable,
             _ => TokenFailure::Internal,
         }

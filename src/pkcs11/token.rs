@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
@@ -121,6 +123,7 @@ struct Inner {
     user_type: UserType,
     idle: Mutex<Vec<Session>>,
     permits: Arc<Semaphore>,
+    call_timeout: Duration,
     /// Set when the token refused the PIN: no login is ever attempted again (retrying a wrong
     /// PIN can lock or zeroize an HSM role).
     pin_refused: Mutex<Option<String>>,
@@ -170,10 +173,11 @@ impl Token {
             user_type,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(cfg.sessions)),
+            call_timeout: Duration::from_secs(cfg.call_timeout_secs),
             pin_refused: Mutex::new(None),
         });
         // Log in now so that a wrong PIN stops the start, not the first request.
-        inner.with_session(|_| Ok(())).map_err(|e| match e {
+        inner.with_session(|_| Ok(()), None).map_err(|e| match e {
             TokenError::PinRefused(why) => {
                 TokenError::PinRefused(format!("{why} (see {})", key("pin_file")))
             }
@@ -206,26 +210,50 @@ impl Token {
         self.caps.get()
     }
 
-    /// Runs `f` with a pooled, logged-in session on the blocking pool.
+    /// Why the token is out of use for good (until the operator fixes it and restarts): the
+    /// token refused the PIN.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.pin_refused.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Runs `f` with a pooled, logged-in session on the blocking pool, within the token's
+    /// call timeout (waiting for a free session included). A call that overruns is answered
+    /// with `TokenError::Timeout`; when it returns at last, its session is closed rather than
+    /// pooled, and its pool slot is given back only then.
     pub async fn run<T, F>(&self, f: F) -> Result<T, TokenError>
     where
         F: FnOnce(&Session) -> Result<T, TokenError> + Send + 'static,
         T: Send + 'static,
     {
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| TokenError::Worker(e.to_string()))?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            inner.with_session(f)
-        })
-        .await
-        .map_err(|e| TokenError::Worker(e.to_string()))?
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let flag = abandoned.clone();
+        let work = async move {
+            let permit = inner
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| TokenError::Worker(e.to_string()))?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                inner.with_session(f, Some(&flag))
+            })
+            .await
+            .map_err(|e| TokenError::Worker(e.to_string()))?
+        };
+        match tokio::time::timeout(self.inner.call_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                abandoned.store(true, Ordering::SeqCst);
+                let secs = self.inner.call_timeout.as_secs();
+                tracing::error!(token = %self.name, timeout_secs = secs, "a token call did not return in time; its session will be closed when it does");
+                Err(TokenError::Timeout {
+                    token: self.name.clone(),
+                    secs,
+                })
+            }
+        }
     }
 
     /// The same, for callers already on a blocking thread (start-up, CLI).
@@ -233,7 +261,7 @@ impl Token {
         &self,
         f: impl FnOnce(&Session) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
-        self.inner.with_session(f)
+        self.inner.with_session(f, None)
     }
 }
 
@@ -241,10 +269,16 @@ impl Inner {
     fn with_session<T>(
         &self,
         f: impl FnOnce(&Session) -> Result<T, TokenError>,
+        abandoned: Option<&AtomicBool>,
     ) -> Result<T, TokenError> {
         let session = self.checkout()?;
         super::ops::take_destroy_failure();
         let result = f(&session);
+        if abandoned.is_some_and(|a| a.load(Ordering::SeqCst)) {
+            tracing::warn!(token = %self.name, "a token call that timed out has returned; its session is closed");
+            drop(session);
+            return result;
+        }
         if super::ops::take_destroy_failure() {
             // Closing the session destroys whatever session objects it still holds.
             drop(session);
@@ -265,11 +299,18 @@ impl Inner {
     fn checkout(&self) -> Result<Session, TokenError> {
         loop {
             let candidate = self.idle.lock().ok().and_then(|mut v| v.pop());
-            match candidate {
+            let Some(s) = candidate else { break };
+            match s.get_session_info().map(|i| i.session_state()) {
+                Ok(SessionState::RoUser | SessionState::RwUser) => return Ok(s),
+                // The token logged the application out behind our back (a reset, an HSM
+                // timeout, another login state change): private keys would silently be
+                // invisible, so log in again before the session is used.
+                Ok(state) => {
+                    tracing::warn!(token = %self.name, ?state, "a pooled session is no longer logged in; logging in again");
+                    return self.login(s);
+                }
                 // A session the token closed behind our back is dropped, not reused.
-                Some(s) if s.get_session_info().is_ok() => return Ok(s),
-                Some(_) => continue,
-                None => break,
+                Err(_) => continue,
             }
         }
         let slot =
@@ -291,6 +332,11 @@ impl Inner {
                 return Err(err);
             }
         };
+        self.login(session)
+    }
+
+    /// Logs `session` in, unless the token has refused the PIN before.
+    fn login(&self, session: Session) -> Result<Session, TokenError> {
         if let Some(why) = self.pin_refused.lock().ok().and_then(|g| g.clone()) {
             return Err(TokenError::PinRefused(why));
         }

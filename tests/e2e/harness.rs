@@ -53,6 +53,20 @@ impl Family {
     }
 }
 
+/// The fault-injection module (`softhsm-test/pkcs11-faults`), built by the test command
+/// before the tests run.
+pub fn faults_module() -> PathBuf {
+    let path = std::env::var_os("HSM_BRIDGE_FAULTS_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("{REPO}/target/debug/libpkcs11_faults.so")));
+    assert!(
+        path.exists(),
+        "the PKCS#11 fault-injection module {} is missing: build it with `cargo build -p pkcs11-faults` (softhsm-test/run-tests.sh does)",
+        path.display()
+    );
+    path
+}
+
 pub fn kryoptic_module() -> PathBuf {
     std::env::var_os("HSM_BRIDGE_KRYOPTIC_MODULE")
         .map(PathBuf::from)
@@ -493,6 +507,11 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
     /// The SDK's attempts per AWS call (`[[kms]].max_attempts`).
     pub max_attempts: u32,
+    /// The PKCS#11 module of every `[[tokens]]` entry (the fault-injection module, say)
+    /// instead of the family's own.
+    pub module: Option<PathBuf>,
+    /// More keys for every `[[tokens]]` entry.
+    pub token_toml: String,
 }
 
 impl Default for Opts {
@@ -507,6 +526,8 @@ impl Default for Opts {
             aws_profile: false,
             env: Vec::new(),
             max_attempts: 1,
+            module: None,
+            token_toml: String::new(),
         }
     }
 }
@@ -556,6 +577,10 @@ impl Bridge {
             .kms_endpoint
             .clone()
             .unwrap_or_else(|| w.kms_endpoint.clone());
+        let module = opts
+            .module
+            .clone()
+            .unwrap_or_else(|| tokens.family.module());
         let source = if opts.with_source {
             format!(
                 r#"
@@ -566,11 +591,13 @@ token_label = "{src}"
 pin_file = "{d}/pin"
 profile = "{profile}"
 role = "source"
+{token_toml}
 "#,
                 src = tokens.source,
                 d = d.display(),
-                module = tokens.family.module().display(),
+                module = module.display(),
                 profile = tokens.family.profile(),
+                token_toml = opts.token_toml,
             )
         } else {
             String::new()
@@ -603,6 +630,7 @@ token_label = "{bridge}"
 pin_file = "{d}/pin"
 profile = "{profile}"
 role = "bridge"
+{token_toml}
 {source}
 [[kms]]
 name = "{kms_name}"
@@ -623,7 +651,8 @@ operation_timeout_secs = 10
                 .unwrap_or_else(|| "listen = \"127.0.0.1:0\"\nplaintext = true".to_owned()),
             cleanup = opts.cleanup_interval_secs,
             bridge = tokens.bridge,
-            module = tokens.family.module().display(),
+            module = module.display(),
+            token_toml = opts.token_toml,
             profile = tokens.family.profile(),
             wks = opts.wrapping_key_spec,
             max_attempts = opts.max_attempts,

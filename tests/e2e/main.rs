@@ -15,6 +15,7 @@ mod policy;
 mod private;
 mod proxy;
 mod store_faults;
+mod token_faults;
 mod token_keys;
 mod transport;
 mod upload;
