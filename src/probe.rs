@@ -10,7 +10,7 @@ use crate::config::{Config, DsmConfig, DsmWrapping, ExternalCmConfig, TokenRole}
 use crate::extcm::CmClient;
 use crate::kmip::KmipClient;
 use crate::pkcs11::selftest::{aws_hash, describe_lengths};
-use crate::pkcs11::{Token, TokenError, TokenSet, keys, ops};
+use crate::pkcs11::{Token, TokenError, TokenSet, keys, ops, raw, restrictions};
 use crate::tiers::Tier;
 use crate::tiers::dsm::{Dsm, DsmTier};
 use crate::tiers::external_cm::{self, ExternalCmTier};
@@ -73,6 +73,20 @@ fn report(t: &Token, holds_vault: bool, problem: Option<String>) -> Value {
     } else {
         None
     };
+    let restrictions = if holds_vault {
+        let tries = restrictions::Tries {
+            storage: caps.and_then(|c| c.storage.as_ref()).map(|st| st.mechanism),
+            oaep: caps.and_then(|c| c.best_oaep()),
+        };
+        match raw::Functions::load(&t.module)
+            .and_then(|raw| t.run_blocking(|s| restrictions::check(s, &raw, &t.kek_label, &tries)))
+        {
+            Ok(found) => json!(found),
+            Err(e) => json!({"error": e.to_string()}),
+        }
+    } else {
+        Value::Null
+    };
     json!({
         "name": t.name,
         "role": match t.role { TokenRole::Bridge => "bridge", TokenRole::Source => "source" },
@@ -97,6 +111,7 @@ fn report(t: &Token, holds_vault: bool, problem: Option<String>) -> Value {
             "methods": f,
         })).collect::<Vec<_>>()),
         "vault_kek": kek,
+        "key_restrictions": restrictions,
     })
 }
 
@@ -173,6 +188,20 @@ fn render_tokens(report: &Value) -> String {
                     "not created yet (the daemon creates it at its first start)"
                 }
             ));
+        }
+        if let Some(rows) = t["key_restrictions"].as_array() {
+            out.push_str("  restrictions on the bridge's own keys:\n");
+            for r in rows {
+                out.push_str(&format!(
+                    "    [{}] {} {}: {}\n",
+                    r["state"].as_str().unwrap_or(""),
+                    r["key"].as_str().unwrap_or(""),
+                    r["attribute"].as_str().unwrap_or(""),
+                    r["detail"].as_str().unwrap_or("")
+                ));
+            }
+        } else if let Some(e) = t["key_restrictions"]["error"].as_str() {
+            out.push_str(&format!("  restrictions on the bridge's own keys: {e}\n"));
         }
         out.push_str(&private_table(&t["private_keys"]));
         out.push_str("  self-test:\n");

@@ -43,6 +43,7 @@ pub async fn tokens(
             "model": ident.model,
             "proven": caps.map(|c| c.summary()),
             "objects": objects,
+            "key_restrictions": t.restrictions(),
             "status": status,
         }));
     }

@@ -7,6 +7,8 @@ pub mod keys;
 pub mod mechanism_ext;
 pub mod ops;
 pub mod profile;
+pub mod raw;
+pub mod restrictions;
 pub mod selftest;
 pub mod token;
 
@@ -99,11 +101,25 @@ impl TokenSet {
         let storage = tokens[vault]
             .capabilities()
             .and_then(|c| c.storage.as_ref().map(|st| st.mechanism));
-        tokens[vault].run_blocking(|s| {
-            ops::ensure_kek(s, &kek_label, storage)?;
+        let raw = raw::Functions::load(&tokens[vault].module)?;
+        let tries = restrictions::Tries {
+            storage,
+            oaep: tokens[vault].capabilities().and_then(|c| c.best_oaep()),
+        };
+        let found = tokens[vault].run_blocking(|s| {
+            ops::ensure_kek(s, &raw, &kek_label, storage)?;
             ops::audit_mac_key(s, true)?;
-            ops::ensure_transport_key(s, ops::TRANSPORT_LABEL).map(|_| ())
+            ops::ensure_transport_key(s, &raw, ops::TRANSPORT_LABEL)?;
+            restrictions::check(s, &raw, &kek_label, &tries)
         })?;
+        for r in &found {
+            if r.state == restrictions::State::NotHonoured {
+                tracing::warn!(token = %tokens[vault].name, key = r.key, attribute = r.attribute, detail = %r.detail, "the token does not honour a restriction of the bridge's key");
+            } else {
+                tracing::info!(token = %tokens[vault].name, key = r.key, attribute = r.attribute, state = ?r.state, detail = %r.detail, "key restriction");
+            }
+        }
+        tokens[vault].set_restrictions(found);
         Ok(Self { tokens, vault })
     }
 

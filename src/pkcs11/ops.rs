@@ -73,7 +73,7 @@ impl Drop for SessionObject<'_> {
     }
 }
 
-fn guard(session: &Session, handle: ObjectHandle) -> SessionObject<'_> {
+pub(crate) fn guard(session: &Session, handle: ObjectHandle) -> SessionObject<'_> {
     SessionObject { session, handle }
 }
 
@@ -248,10 +248,42 @@ pub fn find_kek(
     }
 }
 
-/// The vault KEK, generated in the token on first use. A new KEK cannot be modified and may
-/// only wrap and unwrap with `mechanism` (the RFC 5649 wrap the self-test proved), where known.
+/// What every key the bridge's own keys unwrap must be: sensitive (CKA_UNWRAP_TEMPLATE).
+pub fn unwrap_template() -> Vec<Attribute> {
+    vec![Attribute::Sensitive(true)]
+}
+
+/// Generates a key through `make`, first with CKA_UNWRAP_TEMPLATE; a token that does not take
+/// the attribute gets the key without it (logged), never no key.
+fn with_unwrap_template_if_taken(
+    what: &str,
+    make: impl Fn(&[Attribute]) -> Result<(), TokenError>,
+) -> Result<(), TokenError> {
+    match make(&unwrap_template()) {
+        Err(e)
+            if matches!(
+                e.rv(),
+                Some(
+                    cryptoki::error::RvError::AttributeTypeInvalid
+                        | cryptoki::error::RvError::AttributeValueInvalid
+                        | cryptoki::error::RvError::TemplateInconsistent
+                        | cryptoki::error::RvError::TemplateIncomplete
+                )
+            ) =>
+        {
+            tracing::warn!(key = what, error = %e, "the token does not take CKA_UNWRAP_TEMPLATE; the key is made without it");
+            make(&[])
+        }
+        other => other,
+    }
+}
+
+/// The vault KEK, generated in the token on first use. A new KEK cannot be modified, may
+/// only wrap and unwrap with `mechanism` (the RFC 5649 wrap the self-test proved), where known,
+/// and only unwraps keys as sensitive (CKA_UNWRAP_TEMPLATE), where the token takes it.
 pub fn ensure_kek(
     session: &Session,
+    raw: &super::raw::Functions,
     label: &str,
     mechanism: Option<RawMechanism>,
 ) -> Result<(ObjectHandle, Vec<u8>), TokenError> {
@@ -279,14 +311,16 @@ pub fn ensure_kek(
     if let Some(m) = mechanism {
         t.push(Attribute::AllowedMechanisms(vec![m.mechanism_type()]));
     }
-    let h = session
-        .generate_key(&Mechanism::AesKeyGen, &t)
-        .map_err(TokenError::ck("C_GenerateKey (KEK)"))?;
+    with_unwrap_template_if_taken("vault KEK", |inner| {
+        raw.generate_key(session, cryptoki_sys::CKM_AES_KEY_GEN, &t, inner)
+            .map(|_| ())
+    })?;
     tracing::info!(
         label,
         "created the vault key-encryption key in the bridge token"
     );
-    Ok((h, id.to_vec()))
+    find_kek(session, label)?
+        .ok_or_else(|| TokenError::Refused(format!("the new KEK \"{label}\" cannot be found")))
 }
 
 /// The label of the audit log's MAC key in the bridge token.
@@ -747,6 +781,7 @@ pub fn find_transport_key(
 
 pub fn ensure_transport_key(
     session: &Session,
+    raw: &super::raw::Functions,
     label: &str,
 ) -> Result<(ObjectHandle, ObjectHandle), TokenError> {
     if let Some(found) = find_transport_key(session, label)? {
@@ -782,11 +817,19 @@ pub fn ensure_transport_key(
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
     ];
-    let pair = session
-        .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
-        .map_err(TokenError::ck("C_GenerateKeyPair (transport key)"))?;
+    with_unwrap_template_if_taken("transport key", |inner| {
+        raw.generate_key_pair(
+            session,
+            cryptoki_sys::CKM_RSA_PKCS_KEY_PAIR_GEN,
+            &public,
+            &private,
+            inner,
+        )
+    })?;
     tracing::info!(label, "created the transport key pair in the bridge token");
-    Ok(pair)
+    find_transport_key(session, label)?.ok_or_else(|| {
+        TokenError::Refused(format!("the new transport key \"{label}\" cannot be found"))
+    })
 }
 
 /// A session RSA key pair whose private half may only unwrap (self-test).

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::error::TokenError;
 use super::profile::{LoginUser, Profile};
+use super::restrictions::Restriction;
 use super::selftest::Capabilities;
 use crate::config::{TokenConfig, TokenRole};
 
@@ -112,6 +113,7 @@ pub struct Token {
     pub kek_label: String,
     inner: Arc<Inner>,
     caps: OnceLock<Capabilities>,
+    restrictions: OnceLock<Vec<Restriction>>,
 }
 
 struct Inner {
@@ -191,6 +193,7 @@ impl Token {
             kek_label: cfg.kek_label.clone(),
             inner,
             caps: OnceLock::new(),
+            restrictions: OnceLock::new(),
         })
     }
 
@@ -208,6 +211,16 @@ impl Token {
 
     pub fn capabilities(&self) -> Option<&Capabilities> {
         self.caps.get()
+    }
+
+    pub fn set_restrictions(&self, found: Vec<Restriction>) {
+        let _ = self.restrictions.set(found);
+    }
+
+    /// What the start-up check found about the restrictions on the bridge's own keys
+    /// (bridge token only).
+    pub fn restrictions(&self) -> &[Restriction] {
+        self.restrictions.get().map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Why the token is out of use for good (until the operator fixes it and restarts): the

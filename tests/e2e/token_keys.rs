@@ -1,6 +1,7 @@
 //! The bridge's own keys carry the restrictions the token supports: the vault KEK, the
-//! transport key pair and the audit MAC key cannot be modified and (KEK, transport key) may
-//! only be used with the mechanism the bridge uses them with; the token refuses any other.
+//! transport key pair and the audit MAC key cannot be modified, (KEK, transport key) may
+//! only be used with the mechanism the bridge uses them with and only unwrap keys as
+//! sensitive; the token refuses anything else, and the daemon's own check and `probe` say so.
 
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -89,6 +90,74 @@ async fn restricted(family: Family) {
         .expect("attributes");
     assert!(got.contains(&Attribute::Extractable(false)), "{got:?}");
     assert!(got.contains(&Attribute::Sign(true)), "{got:?}");
+
+    // CKA_UNWRAP_TEMPLATE: the transport private key unwraps only as sensitive, checked here
+    // with a key the test wraps itself.
+    let (public, private) = (
+        find(&s, ObjectClass::PUBLIC_KEY, "hsm-bridge-transport"),
+        find(&s, ObjectClass::PRIVATE_KEY, "hsm-bridge-transport"),
+    );
+    let victim = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32u64.into()),
+                Attribute::Extractable(true),
+                Attribute::Sensitive(false),
+            ],
+        )
+        .expect("a session key");
+    let oaep = Mechanism::RsaPkcsOaep(cryptoki::mechanism::rsa::PkcsOaepParams::new(
+        MechanismType::SHA1,
+        cryptoki::mechanism::rsa::PkcsMgfType::MGF1_SHA1,
+        cryptoki::mechanism::rsa::PkcsOaepSource::empty(),
+    ));
+    let blob = s.wrap_key(&oaep, public, victim).expect("OAEP wrap");
+    s.destroy_object(victim).expect("destroy");
+    let template = |sensitive: bool| {
+        [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::AES),
+            Attribute::Token(false),
+            Attribute::Sensitive(sensitive),
+            Attribute::Extractable(true),
+        ]
+    };
+    assert!(
+        s.unwrap_key(&oaep, private, &blob, &template(false))
+            .is_err(),
+        "{family:?}: the transport key refuses to unwrap a key as not sensitive"
+    );
+    let k = s
+        .unwrap_key(&oaep, private, &blob, &template(true))
+        .expect("as sensitive it unwraps");
+    s.destroy_object(k).expect("destroy");
+
+    // The daemon's own check says the same, for every restriction of both keys.
+    let (st, v) = b.get("/api/v1/system/tokens").await;
+    assert_eq!(st, reqwest::StatusCode::OK, "{v}");
+    let found = v["resources"][0]["key_restrictions"]
+        .as_array()
+        .expect("key_restrictions")
+        .clone();
+    println!("{family:?}: {found:#?}");
+    assert_eq!(found.len(), 7, "{family:?}: {found:?}");
+    for r in &found {
+        assert_eq!(r["state"], "honoured", "{family:?}: {r}");
+    }
+    // And `probe` shows it.
+    let (code, out, err) = b.cli(&["probe"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for line in [
+        "[honoured] vault KEK CKA_UNWRAP_TEMPLATE={CKA_SENSITIVE=true}",
+        "[honoured] vault KEK CKA_MODIFIABLE=false",
+        "[honoured] vault KEK CKA_ALLOWED_MECHANISMS",
+        "[honoured] transport private key CKA_UNWRAP_TEMPLATE={CKA_SENSITIVE=true}",
+        "[honoured] transport public key CKA_ALLOWED_MECHANISMS",
+    ] {
+        assert!(out.contains(line), "{family:?}: `{line}` in {out}");
+    }
 
     // The bridge still does its work with them: an upload through the vault.
     let material = secret(32);
