@@ -252,6 +252,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     };
     tokio::spawn(cleaner.run_forever());
 
+    // Handlers in place before anyone is told the daemon listens: a SIGTERM right after
+    // readiness must stop it gracefully, not by the signal's default action.
+    let signals = shutdown_signals();
     let scheme = if tls.is_some() { "https" } else { "http" };
     if let Some(f) = &cfg.server.address_file {
         std::fs::write(f, format!("{scheme}://{addr}\n"))?;
@@ -267,7 +270,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        wait_for_signal(signals).await;
         tracing::info!("shutting down");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
@@ -301,12 +304,21 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
+
+fn shutdown_signals() -> Signals {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    ) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => None,
+    }
+}
+
+async fn wait_for_signal(signals: Signals) {
+    let Some((mut term, mut int)) = signals else {
         // Without signal handlers the process still ends on SIGTERM's default action.
         std::future::pending::<()>().await;
         return;

@@ -438,9 +438,18 @@ pub fn token_decrypt_kms_ciphertext(token: &str, label: &str, blob: &[u8]) -> Ve
     unpad(&plain)
 }
 
-/// Reads a vault key's value by unwrapping its stored blob under the bridge token's KEK into a
-/// non-sensitive session object of this test: only a test may do this.
-pub fn vault_key_value(bridge: &Bridge, tokens: &Tokens, key_id: &str) -> Vec<u8> {
+/// Proves that the KMS key `kms_key` holds the vault key `key_id` without its value ever
+/// leaving the token: the test unwraps the stored blob under the bridge token's KEK into a
+/// session key of its own (sensitive, as the KEK's unwrap template demands), then the token
+/// decrypts a KMS ciphertext (AES) or recomputes a KMS MAC (HMAC) with it.
+pub async fn prove_vault_key_in_token(
+    bridge: &Bridge,
+    tokens: &Tokens,
+    key_id: &str,
+    kms: &KmsClient,
+    kms_key: &str,
+    spec: &str,
+) {
     let conn = rusqlite::Connection::open_with_flags(
         &bridge.db_path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -453,35 +462,53 @@ pub fn vault_key_value(bridge: &Bridge, tokens: &Tokens, key_id: &str) -> Vec<u8
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .expect("vault row");
+    let aes = kind == "aes";
     let s = world().session(&tokens.bridge);
     let kek = find_one(&s, "hsm-bridge-vault-kek");
     let mech = hsm_bridge::pkcs11::mechanism_ext::RawMechanism::new(mech as u64);
     let t = [
         Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(if kind == "aes" {
+        Attribute::KeyType(if aes {
             KeyType::AES
         } else {
             KeyType::GENERIC_SECRET
         }),
         Attribute::Token(false),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Decrypt(aes),
+        Attribute::Sign(!aes),
     ];
     let h = s
         .unwrap_key(&mech.without_params(), kek, &blob, &t)
         .expect("C_UnwrapKey");
-    let v = s
-        .get_attributes(h, &[AttributeType::Value])
-        .expect("value")
-        .into_iter()
-        .find_map(|a| match a {
-            Attribute::Value(v) => Some(v),
-            _ => None,
-        })
-        .expect("CKA_VALUE");
+    let msg = random_bytes(41);
+    if aes {
+        let ct = kms_ciphertext(kms, kms_key, &msg).await;
+        let mut iv = ct[36..52].to_vec();
+        let mut body = ct[68..].to_vec();
+        body.extend_from_slice(&ct[52..68]);
+        let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, &[], 128u64.into())
+            .expect("GCM params");
+        let plain = s
+            .decrypt(&Mechanism::AesGcm(params), h, &body)
+            .expect("the token decrypts the KMS ciphertext with the vault key");
+        assert_eq!(unpad(&plain), msg, "KMS encrypted under the vault key");
+    } else {
+        let mac = kms_mac(kms, kms_key, spec, &msg).await;
+        let mech = match spec {
+            "HMAC_224" => Mechanism::Sha224Hmac,
+            "HMAC_256" => Mechanism::Sha256Hmac,
+            "HMAC_384" => Mechanism::Sha384Hmac,
+            _ => Mechanism::Sha512Hmac,
+        };
+        assert_eq!(
+            s.sign(&mech, h, &msg).expect("C_Sign HMAC"),
+            mac,
+            "KMS MACs with the vault key"
+        );
+    }
     s.destroy_object(h).expect("destroy");
-    remember(&v);
-    v
 }
 
 fn unpad(p: &[u8]) -> Vec<u8> {
