@@ -1,8 +1,8 @@
-//! The store on a small filesystem of its own (a tmpfs with a size limit): when it is full, an
-//! upload cannot be journaled and is refused with a 503 before anything reaches AWS; once
-//! space returns, uploads work again without a restart. (A filesystem cannot be remounted
-//! read-only under an open database, so the read-only case is the same code path, shown by the
-//! error mapping's unit test.)
+//! The store on a filesystem of its own. A tmpfs with a size limit: when it is full, an upload
+//! cannot be journaled and is refused with a 503 before anything reaches AWS; once space
+//! returns, uploads work again without a restart. An ext4 filesystem on a loop device, mounted
+//! `errors=remount-ro`: after a filesystem error the kernel turns it read-only under the
+//! running daemon (as a failing disk does), and uploads are refused the same way.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -59,8 +59,139 @@ impl Drop for SmallFs {
     }
 }
 
+/// An ext4 filesystem in a file, on a loop device, unmounted and detached when dropped.
+struct LoopExt4 {
+    dir: PathBuf,
+    device: String,
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed (a loop device and mounting need root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl LoopExt4 {
+    fn mount() -> LoopExt4 {
+        let base = world().dir.path().join(format!("ext4-{}", world().next()));
+        let dir = base.join("mnt");
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let image = base.join("image");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(32 << 20))
+            .expect("image");
+        let image = image.to_str().expect("path");
+        let device = run("losetup", &["--find", "--show", image]);
+        let fs = LoopExt4 { dir, device };
+        run("mkfs.ext4", &["-q", &fs.device]);
+        run(
+            "mount",
+            &[
+                "-o",
+                "errors=remount-ro",
+                &fs.device,
+                fs.dir.to_str().expect("path"),
+            ],
+        );
+        fs
+    }
+
+    /// What a failing disk does: the kernel records a filesystem error, and ext4 turns
+    /// read-only at once.
+    fn fail(&self) {
+        let name = self.device.trim_start_matches("/dev/");
+        std::fs::write(
+            format!("/sys/fs/ext4/{name}/trigger_fs_error"),
+            "hsm-bridge test\n",
+        )
+        .expect("trigger an ext4 error");
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+        let line = mounts
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", self.device)))
+            .expect("still mounted");
+        assert!(
+            line.split(' ')
+                .nth(3)
+                .is_some_and(|o| o.split(',').any(|f| f == "ro" || f == "emergency_ro")),
+            "read-only now: {line}"
+        );
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_or_read_only_store_refuses_uploads_before_aws_and_recovers() {
+async fn a_store_turned_read_only_refuses_uploads_before_aws() {
+    let fs = LoopExt4::mount();
+    let tokens = Tokens::new();
+    let db = fs.dir.join("hsm-bridge.db");
+    let mut b = Bridge::start(
+        &tokens,
+        Opts {
+            env: vec![(
+                "HSM_BRIDGE__STORE__PATH".into(),
+                db.to_string_lossy().into_owned(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    b.db_path = db;
+    let material = secret(32);
+    let key = b.vault_import("read-only", "aes", &material).await;
+    let kms = b.kms().await;
+    let upload = |alias: String| {
+        json!({"source_key_identifier": key, "kms": b.kms_name, "region": REGION,
+               "aws_param": {"Alias": alias}})
+    };
+    let (s, r) = b.upload(upload(format!("before-{}", world().next()))).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    prove_aes(
+        &kms,
+        r["aws_param"]["KeyID"].as_str().expect("KeyID"),
+        &material,
+    )
+    .await;
+
+    fs.fail();
+    let before = kms_key_count(&kms).await;
+    for i in 0..3 {
+        let (s, r) = b.upload(upload(format!("ro-{i}-{}", world().next()))).await;
+        assert_error(s, &r, 503, "store");
+        assert!(
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("nothing was sent to AWS")),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        kms_key_count(&kms).await,
+        before,
+        "no upload reached CreateKey"
+    );
+    // Still serving: what needs no write is answered.
+    let (s, v) = b.get("/healthz").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    b.stop().await;
+    drop(fs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_uploads_before_aws_and_recovers() {
     let fs = SmallFs::mount("4m");
     let tokens = Tokens::new();
     let db = fs.0.join("hsm-bridge.db");
