@@ -97,6 +97,26 @@ impl Action {
     }
 }
 
+/// `key_expiration` and `valid_to` of a body that imports material, as one expiry.
+pub fn expiry_of(
+    key_expiration: Option<bool>,
+    valid_to: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<Expiry, String> {
+    Ok(match (key_expiration, valid_to.filter(|v| !v.is_empty())) {
+        (Some(true), None) => {
+            return Err("valid_to: is required when key_expiration is true".into());
+        }
+        (Some(true), Some(v)) | (None, Some(v)) => {
+            Expiry::At(parse_valid_to_as(v, now, "valid_to")?)
+        }
+        (Some(false), Some(_)) => {
+            return Err("valid_to: only allowed when key_expiration is true".into());
+        }
+        (_, None) => Expiry::Never,
+    })
+}
+
 /// The body of actions that take none (`{}` or nothing).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -329,21 +349,7 @@ impl ImportMaterialBody {
                 ));
             }
         }
-        let expiry = match (
-            self.key_expiration,
-            self.valid_to.as_deref().filter(|v| !v.is_empty()),
-        ) {
-            (Some(true), None) => {
-                return Err("valid_to: is required when key_expiration is true".into());
-            }
-            (Some(true), Some(v)) | (None, Some(v)) => {
-                Expiry::At(parse_valid_to_as(v, now, "valid_to")?)
-            }
-            (Some(false), Some(_)) => {
-                return Err("valid_to: only allowed when key_expiration is true".into());
-            }
-            (_, None) => Expiry::Never,
-        };
+        let expiry = expiry_of(self.key_expiration, self.valid_to.as_deref(), now)?;
         let description = match self.key_material_description {
             Some(d) if d.chars().count() > 256 => {
                 return Err("key_material_description: at most 256 characters".into());

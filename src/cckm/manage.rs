@@ -48,12 +48,14 @@ pub enum Synced {
 
 pub struct KeyManager {
     pub uploader: Arc<Uploader>,
+    /// Where rotation generates the new key of a `local` key.
+    pub vault: Arc<crate::vault::Vault>,
 }
 
-struct Target {
-    loc: Located,
-    conn: KmsConn,
-    client: aws_sdk_kms::Client,
+pub(crate) struct Target {
+    pub(crate) loc: Located,
+    pub(crate) conn: KmsConn,
+    pub(crate) client: aws_sdk_kms::Client,
 }
 
 /// An AWS answer that means the key is gone for the bridge, and why.
@@ -68,7 +70,7 @@ fn gone_reason(e: &kms::KmsError) -> Option<String> {
     }
 }
 
-fn entry(
+pub(crate) fn entry(
     loc: &Located,
     action: &'static str,
     who: &Who,
@@ -98,7 +100,7 @@ impl KeyManager {
             .ok_or_else(|| DomainError::NotFound(format!("no AWS key `{id}`")))
     }
 
-    async fn target(&self, id: &str) -> Result<Target, DomainError> {
+    pub(crate) async fn target(&self, id: &str) -> Result<Target, DomainError> {
         let loc = self.locate(id).await?;
         let conn = self
             .uploader
@@ -465,7 +467,7 @@ impl KeyManager {
         Ok(r)
     }
 
-    async fn record_failure(
+    pub(crate) async fn record_failure(
         &self,
         loc: &Located,
         action: &'static str,
@@ -479,7 +481,7 @@ impl KeyManager {
             .await;
     }
 
-    async fn record_history(
+    pub(crate) async fn record_history(
         &self,
         loc: &Located,
         action: &'static str,
@@ -554,11 +556,11 @@ const READ_CALLS: &[&str] = &[
     "GetKeyRotationStatus",
 ];
 
-fn record_aliases(r: &Value) -> Vec<String> {
+pub(crate) fn record_aliases(r: &Value) -> Vec<String> {
     record::str_list(&r["aws_param"]["Alias"])
 }
 
-fn spec_of(r: &Value) -> Result<(KeySpec, KeyUsage), DomainError> {
+pub(crate) fn spec_of(r: &Value) -> Result<(KeySpec, KeyUsage), DomainError> {
     let p = &r["aws_param"];
     let spec = p["CustomerMasterKeySpec"]
         .as_str()

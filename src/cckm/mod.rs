@@ -7,6 +7,7 @@ pub mod material;
 pub mod policy;
 pub mod record;
 pub mod request;
+pub mod rotate;
 pub mod spec;
 pub mod templates;
 pub mod upload;

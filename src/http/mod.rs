@@ -13,6 +13,7 @@ pub mod key_actions;
 pub mod limits;
 pub mod login_guard;
 pub mod roles;
+pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod sync_jobs;
@@ -46,6 +47,7 @@ pub fn app(state: AppState, max_body_bytes: usize, request_timeout: std::time::D
             "/api/v1/cckm/aws/keys/{id}/history",
             get(key_actions::history),
         )
+        .at("/api/v1/cckm/aws/keys/{id}/rotate", post(rotation::rotate))
         .at(
             "/api/v1/cckm/aws/keys/{id}/{action}",
             post(key_actions::act),

@@ -180,6 +180,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     });
     let keys = Arc::new(crate::cckm::manage::KeyManager {
         uploader: uploader.clone(),
+        vault: vault.clone(),
     });
     let sync = Arc::new(crate::background::sync::Synchronizer::new(
         keys.clone(),

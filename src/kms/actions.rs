@@ -127,3 +127,15 @@ pub async fn put_policy(
         .map_err(|e| KmsError::from_sdk("PutKeyPolicy", e))?;
     Ok(())
 }
+
+/// Points an existing alias at another key (rotation moves aliases this way).
+pub async fn update_alias(client: &Client, alias: &str, key_id: &str) -> Result<(), KmsError> {
+    client
+        .update_alias()
+        .alias_name(alias)
+        .target_key_id(key_id)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("UpdateAlias", e))?;
+    Ok(())
+}

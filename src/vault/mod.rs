@@ -21,7 +21,7 @@ use crate::pkcs11::{Token, TokenError};
 use crate::store::vault::{ListFilter, VaultKeyRow};
 use crate::store::{Store, now_rfc3339};
 
-mod bodies;
+pub mod bodies;
 pub use bodies::{CreateKeyBody, CreateKeyQuery, ExportBody, KeyRefQuery, WrapRsaAes};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,8 @@ pub enum Fault {
     Pass,
     /// Answer with this AWS error instead of forwarding.
     Refuse { status: u16, aws_type: &'static str },
+    /// The same, for the first matching call only.
+    RefuseOnce { status: u16, aws_type: &'static str },
     /// Close the connection without an answer.
     Drop,
     /// Forward the call, then close the connection without passing the answer on.
@@ -187,7 +189,10 @@ async fn handle(
             r.containing.remove(i);
         }
         let by_op = r.by_op.get(&op).cloned();
-        if matches!(by_op, Some(Fault::LoseAnswerOnce)) {
+        if matches!(
+            by_op,
+            Some(Fault::LoseAnswerOnce | Fault::RefuseOnce { .. })
+        ) {
             r.by_op.remove(&op);
         }
         tripped.or(by_op).or(containing).or_else(|| r.all.clone())
@@ -198,7 +203,7 @@ async fn handle(
         ))
     };
     match fault {
-        Some(Fault::Refuse { status, aws_type }) => {
+        Some(Fault::Refuse { status, aws_type } | Fault::RefuseOnce { status, aws_type }) => {
             let body =
                 format!(r#"{{"__type":"{aws_type}","message":"injected by the fault proxy"}}"#);
             return Ok(Response::builder()

@@ -1,0 +1,274 @@
+//! Rotation (`POST /api/v1/cckm/aws/keys/{id}/rotate`): a new key with new material takes the
+//! old one's aliases, the old key becomes what the request says, the records link; a failure
+//! at any step leaves the alias on the old key and no enabled new key.
+
+use aws_sdk_kms::Client as KmsClient;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+use crate::proxy::{Fault, FaultProxy};
+
+const NO_ENCRYPT_SID: &str = "hsm-bridge-rotated-no-encrypt";
+
+async fn upload_vault_key(b: &Bridge, name: &str, alias: &str) -> (Value, Vec<u8>) {
+    let material = secret(32);
+    let key = b.vault_import(name, "aes", &material).await;
+    let (s, r) = b
+        .upload(
+            json!({"source_key_identifier": key, "kms": b.kms_name, "region": REGION,
+                       "aws_param": {"Alias": alias}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    (r, material)
+}
+
+async fn alias_target(kms: &KmsClient, alias: &str) -> String {
+    kms.describe_key()
+        .key_id(alias)
+        .send()
+        .await
+        .expect("DescribeKey by alias")
+        .key_metadata()
+        .expect("metadata")
+        .key_id()
+        .to_owned()
+}
+
+async fn aliases_of(kms: &KmsClient, key: &str) -> Vec<String> {
+    kms.list_aliases()
+        .key_id(key)
+        .send()
+        .await
+        .expect("ListAliases")
+        .aliases()
+        .iter()
+        .filter_map(|a| a.alias_name().map(str::to_owned))
+        .collect()
+}
+
+async fn policy_of(kms: &KmsClient, key: &str) -> String {
+    kms.get_key_policy()
+        .key_id(key)
+        .policy_name("default")
+        .send()
+        .await
+        .expect("GetKeyPolicy")
+        .policy()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn state_of(kms: &KmsClient, key: &str) -> String {
+    kms.describe_key()
+        .key_id(key)
+        .send()
+        .await
+        .expect("DescribeKey")
+        .key_metadata()
+        .and_then(|m| m.key_state())
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+fn id_of(r: &Value) -> (String, String) {
+    (
+        r["id"].as_str().expect("record id").to_owned(),
+        r["aws_param"]["KeyID"].as_str().expect("KeyID").to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_moves_the_aliases_to_new_material_and_links_both_records() {
+    let tokens = Tokens::new();
+    let luna = [secret(32), secret(32)];
+    put_secret(&tokens.source, "rot-luna-1", Kind::Aes, &luna[0], true);
+    put_secret(&tokens.source, "rot-luna-2", Kind::Aes, &luna[1], true);
+    let b = Bridge::start(&tokens, Opts::default()).await;
+    let kms = b.kms().await;
+
+    // A local key: the new material is a vault key generated in the bridge token.
+    let (old, old_material) = upload_vault_key(&b, "rot-a", "rot-a").await;
+    let (old_id, old_key) = id_of(&old);
+    let (s, new) = b
+        .post(
+            &format!("/api/v1/cckm/aws/keys/{old_id}/rotate"),
+            &json!({"retain_alias": true, "disable_encrypt": true, "description": "rotated"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{new}");
+    let (new_id, new_key) = id_of(&new);
+    assert_ne!(new_key, old_key);
+    assert_eq!(new["rotated_from"]["id"], old_id, "{new}");
+    assert_eq!(new["rotation_status"], "current");
+    assert_eq!(new["aws_param"]["Description"], "rotated");
+    assert_eq!(alias_target(&kms, "alias/rot-a").await, new_key);
+    let new_vault = new["local_key_id"].as_str().expect("local_key_id");
+    assert_ne!(new_vault, old["local_key_id"].as_str().unwrap_or_default());
+    prove_vault_key_in_token(&b, &tokens, new_vault, &kms, &new_key, "SYMMETRIC_DEFAULT").await;
+    // The old key still decrypts with its own material, keeps a dated alias, may no longer
+    // encrypt (by its policy), and its record points to the new one.
+    prove_aes(&kms, &old_key, &old_material).await;
+    let kept = aliases_of(&kms, &old_key).await;
+    assert!(
+        kept.len() == 1 && kept[0].starts_with("alias/rot-a-rotated-"),
+        "{kept:?}"
+    );
+    let policy: Value = serde_json::from_str(&policy_of(&kms, &old_key).await).expect("policy");
+    let deny = policy["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .find(|s| s["Sid"] == NO_ENCRYPT_SID)
+        .cloned()
+        .expect("the deny statement");
+    assert_eq!(deny["Effect"], "Deny");
+    assert!(deny["Action"].to_string().contains("kms:Encrypt"), "{deny}");
+    assert!(!deny["Action"].to_string().contains("Decrypt"), "{deny}");
+    let (s, o) = b.get(&format!("/api/v1/cckm/aws/keys/{old_id}")).await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    assert_eq!(o["rotated_to"]["id"], new_id, "{o}");
+    assert_eq!(o["rotated_to"]["key_id"], new_key);
+    assert_eq!(o["rotation_status"], "rotated");
+    assert!(o["rotated_at"].is_string());
+    assert_eq!(o["aws_param"]["KeyState"], "Enabled");
+    let (s, h) = b
+        .get(&format!("/api/v1/cckm/aws/keys/{old_id}/history"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    assert!(h.to_string().contains("\"rotate\""), "{h}");
+    // Once rotated, the old key is not rotated again.
+    let (s, e) = b
+        .post(
+            &format!("/api/v1/cckm/aws/keys/{old_id}/rotate"),
+            &json!({}),
+        )
+        .await;
+    assert_error(s, &e, 409, "already rotated");
+
+    // An hsm-luna key to a named new source key; the old key scheduled for deletion.
+    let (s, old) = b
+        .upload(
+            json!({"source_key_tier": "hsm-luna", "source_key_identifier": "rot-luna-1",
+                       "kms": b.kms_name, "region": REGION, "aws_param": {"Alias": "rot-luna"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{old}");
+    let (old_id, old_key) = id_of(&old);
+    let (s, new) = b
+        .post(
+            &format!("/api/v1/cckm/aws/keys/{old_id}/rotate"),
+            &json!({"source_key_tier": "hsm-luna", "source_key_id": "rot-luna-2",
+                    "schedule_deletion_days": 7}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{new}");
+    let (new_id, new_key) = id_of(&new);
+    assert_eq!(alias_target(&kms, "alias/rot-luna").await, new_key);
+    prove_aes(&kms, &new_key, &luna[1]).await;
+    assert_eq!(state_of(&kms, &old_key).await, "PendingDeletion");
+    // A rotation to the same material is none.
+    let (s, e) = b
+        .post(
+            &format!("/api/v1/cckm/aws/keys/{new_id}/rotate"),
+            &json!({"source_key_tier": "hsm-luna", "source_key_id": "rot-luna-2"}),
+        )
+        .await;
+    assert_error(s, &e, 409, "same material");
+    assert_eq!(alias_target(&kms, "alias/rot-luna").await, new_key);
+    // Other tiers name their new source.
+    let (s, e) = b
+        .post(
+            &format!("/api/v1/cckm/aws/keys/{new_id}/rotate"),
+            &json!({"source_key_tier": "hsm-luna"}),
+        )
+        .await;
+    assert_error(s, &e, 400, "source_key_id");
+    b.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_at_any_step_of_a_rotation_leaves_the_alias_on_the_old_key() {
+    let proxy = FaultProxy::start().await;
+    let tokens = Tokens::new();
+    let b = Bridge::start(
+        &tokens,
+        Opts {
+            kms_endpoint: Some(proxy.url.clone()),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let kms = b.kms().await;
+    let mut old_keys = Vec::new();
+    for (i, op) in [
+        "CreateKey",
+        "GetParametersForImport",
+        "ImportKeyMaterial",
+        "UpdateAlias",
+        "CreateAlias",
+        "PutKeyPolicy",
+        "ScheduleKeyDeletion",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let alias = format!("rot-fail-{i}");
+        let (old, material) = upload_vault_key(&b, &alias, &alias).await;
+        let (old_id, old_key) = id_of(&old);
+        let policy_before = policy_of(&kms, &old_key).await;
+        old_keys.push(old_key.clone());
+        proxy.on(
+            op,
+            Fault::RefuseOnce {
+                status: 500,
+                aws_type: "KMSInternalException",
+            },
+        );
+        let (s, e) = b
+            .post(
+                &format!("/api/v1/cckm/aws/keys/{old_id}/rotate"),
+                &json!({"retain_alias": true, "disable_encrypt": true,
+                        "schedule_deletion_days": 7}),
+            )
+            .await;
+        assert!(s.is_server_error(), "{op}: {s} {e}");
+        assert!(
+            e["code"].is_u64() && e["requestID"].is_string(),
+            "{op}: {e}"
+        );
+        proxy.heal();
+        assert_eq!(
+            alias_target(&kms, &format!("alias/{alias}")).await,
+            old_key,
+            "{op}: the alias stays on the old key"
+        );
+        assert_eq!(
+            aliases_of(&kms, &old_key).await,
+            vec![format!("alias/{alias}")],
+            "{op}"
+        );
+        assert_eq!(state_of(&kms, &old_key).await, "Enabled", "{op}");
+        assert_eq!(
+            policy_of(&kms, &old_key).await,
+            policy_before,
+            "{op}: policy restored"
+        );
+        prove_aes(&kms, &old_key, &material).await;
+        // Every key that is not one of the old ones is scheduled for deletion.
+        for (id, state) in kms_keys(&kms).await {
+            if !old_keys.contains(&id) {
+                assert_eq!(state, "PendingDeletion", "{op}: key {id}");
+            }
+        }
+        let (s, o) = b.get(&format!("/api/v1/cckm/aws/keys/{old_id}")).await;
+        assert_eq!(s, StatusCode::OK, "{o}");
+        assert!(o["rotated_to"].is_null(), "{op}: not rotated: {o}");
+        let (_, h) = b
+            .get(&format!("/api/v1/cckm/aws/keys/{old_id}/history"))
+            .await;
+        assert!(h.to_string().contains("\"failed\""), "{op}: {h}");
+    }
+    b.finish().await;
+}
