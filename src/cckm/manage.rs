@@ -405,6 +405,7 @@ impl KeyManager {
                 .description
                 .as_deref()
                 .filter(|_| spec == KeySpec::SymmetricDefault),
+            new_material: false,
         };
         calls.extend_from_slice(&["GetParametersForImport", "ImportKeyMaterial"]);
         material::wrap_and_import(
@@ -548,7 +549,7 @@ impl KeyManager {
 }
 
 /// The calls of the read-back after an action.
-const READ_CALLS: &[&str] = &[
+pub(crate) const READ_CALLS: &[&str] = &[
     "DescribeKey",
     "GetKeyPolicy",
     "ListAliases",

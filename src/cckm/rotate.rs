@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use super::actions::{Action, expiry_of};
 use super::manage::{KeyManager, Target, Who, entry, spec_of};
+use super::material::{self, AwsWrap, Untracked};
 use super::record;
 use super::request::{AwsParamBody, Expiry, RESERVED_TAGS, TagBody, UploadKeyBody};
 use super::spec::{KeySpec, KeyUsage, SourceTier};
@@ -36,6 +37,9 @@ pub struct RotateBody {
     #[serde(alias = "ValidTo")]
     pub valid_to: Option<String>,
     pub schedule_deletion_days: Option<i64>,
+    /// On-demand rotation of the key's imported material (AWS's `NEW_KEY_MATERIAL` import and
+    /// `RotateKeyOnDemand`) instead of a new key: the key id and aliases stay.
+    pub rotate_material: Option<bool>,
 }
 
 impl Vocabulary for RotateBody {}
@@ -50,6 +54,14 @@ pub struct Rotate {
     pub retain_alias: bool,
     pub expiry: Expiry,
     pub schedule_deletion_days: Option<i32>,
+    pub mode: Mode,
+}
+
+/// What a rotation makes: a new AWS key, or new material in the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    NewKey,
+    Material,
 }
 
 impl RotateBody {
@@ -78,7 +90,20 @@ impl RotateBody {
                 ));
             }
         };
+        let mode = if self.rotate_material.unwrap_or(false) {
+            if self.retain_alias == Some(true)
+                || self.disable_encrypt == Some(true)
+                || schedule_deletion_days.is_some()
+                || self.description.is_some()
+            {
+                return Err("rotate_material: keeps the key, its aliases and description; retain_alias, disable_encrypt, schedule_deletion_days and description are for a rotation to a new key".into());
+            }
+            Mode::Material
+        } else {
+            Mode::NewKey
+        };
         Ok(Rotate {
+            mode,
             tier,
             source,
             description: self.description,
@@ -194,6 +219,12 @@ impl KeyManager {
             s => return Err(refuse(format!("the key is {s}"))),
         }
         let (spec, usage) = spec_of(old)?;
+        if r.mode == Mode::Material && spec != KeySpec::SymmetricDefault {
+            return Err(DomainError::Unprocessable(format!(
+                "rotate_material: AWS rotates imported material on demand for SYMMETRIC_DEFAULT keys only; this key is {}; rotate it to a new key instead",
+                spec.as_str()
+            )));
+        }
         let upload = &old["upload"];
         let recorded_tier = upload["source_key_tier"]
             .as_str()
@@ -217,9 +248,16 @@ impl KeyManager {
                 )));
             }
         };
-        let result = self
-            .rotate_with(t, r, who, &st, spec, usage, tier, &source_id)
-            .await;
+        let result = match r.mode {
+            Mode::NewKey => {
+                self.rotate_with(t, r, who, &st, spec, usage, tier, &source_id)
+                    .await
+            }
+            Mode::Material => {
+                self.rotate_material(t, r, who, spec, tier, &source_id)
+                    .await
+            }
+        };
         if let (Err(_), Some(v)) = (&result, &generated)
             && let Err(e) = self.vault.delete(v).await
         {
@@ -360,6 +398,148 @@ impl KeyManager {
             }
         }
         self.link(t, &new_id, &new_key, at, who, &calls).await
+    }
+
+    /// New material into the same key: imported as `NEW_KEY_MATERIAL` (wrapped in the token
+    /// like any import), then `RotateKeyOnDemand` makes it current.
+    async fn rotate_material(
+        &self,
+        t: &Target,
+        r: &Rotate,
+        who: &Who,
+        spec: KeySpec,
+        tier: SourceTier,
+        source_id: &str,
+    ) -> Result<Value, DomainError> {
+        let old = &t.loc.record;
+        let source = self.uploader.tiers.resolve(tier, source_id, spec).await?;
+        let fingerprint = source.fingerprint(spec).await?;
+        if serde_json::to_value(&fingerprint).ok().as_ref() == Some(&old["upload"]["fingerprint"]) {
+            return Err(DomainError::Conflict(format!(
+                "rotate: {} `{source_id}` holds the key's current material; a rotation needs new material",
+                tier.as_str()
+            )));
+        }
+        let wrap = AwsWrap::choose(&source)?;
+        let import = kms::MaterialImport {
+            valid_to: match r.expiry {
+                Expiry::Never => None,
+                Expiry::At(at) => Some(at),
+            },
+            description: None,
+            new_material: true,
+        };
+        // Material already imported by an earlier try whose RotateKeyOnDemand failed is
+        // pending in AWS: it is not imported again, only rotated to.
+        let pending = serde_json::to_value(&fingerprint).ok().as_ref()
+            == Some(&old["pending_material"]["fingerprint"]);
+        let mut calls = Vec::new();
+        if !pending {
+            calls.extend(["GetParametersForImport", "ImportKeyMaterial"]);
+            material::wrap_and_import(
+                &t.client,
+                &t.loc.key_id,
+                &source,
+                spec,
+                wrap,
+                &t.conn.cfg.wrapping_key_spec,
+                &import,
+                Some(&fingerprint),
+                &Untracked,
+            )
+            .await
+            .map_err(|(_, e)| e)?;
+        }
+        let now = now_rfc3339();
+        let material = json!({
+            "fingerprint": fingerprint,
+            "kcv": fingerprint.kcv(),
+            "source_key_tier": tier.as_str(),
+            "source_key_identifier": source_id,
+            "imported_at": now,
+        });
+        calls.push("RotateKeyOnDemand");
+        if let Err(e) = aws::rotate_on_demand(&t.client, &t.loc.key_id).await {
+            // AWS keeps the new material pending: the record says so, and a retry with the
+            // same source finishes the rotation.
+            let mut rec = old.clone();
+            rec["pending_material"] = material;
+            rec["rotation_status"] = json!("material_pending");
+            let (rid, aliases) = (t.loc.id.clone(), super::manage::record_aliases(old));
+            let at = now.clone();
+            self.uploader
+                .store
+                .call(move |c| aws_keys::update(c, &rid, &rec, &aliases, &at).map(|_| ()))
+                .await?;
+            let e = DomainError::from(e);
+            self.record_failure(&t.loc, "rotate", who, "failed", &calls, &e)
+                .await;
+            return Err(DomainError::HalfMade {
+                message: format!(
+                    "rotate: the new material was imported (NEW_KEY_MATERIAL) but RotateKeyOnDemand failed: {}. The key keeps its current material; the new one is pending (see pending_material); rotate again with the same source to finish",
+                    e.public_message()
+                ),
+                cause: Box::new(e),
+            });
+        }
+        calls.push("ListKeyRotations");
+        let rotations = match aws::list_rotations(&t.client, &t.loc.key_id).await {
+            Ok(v) => Value::Array(v),
+            Err(e) => {
+                tracing::warn!(key_id = %t.loc.key_id, error = %e, "ListKeyRotations failed; the record shows the rotations at the next refresh");
+                Value::Null
+            }
+        };
+        calls.extend_from_slice(super::manage::READ_CALLS);
+        let st = kms::read_state(&t.client, &t.loc.key_id).await?;
+        let mut rec = record::refreshed(old, &st, &now);
+        let mut history_of_material = rec["material_rotations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        history_of_material.push(json!({
+            "rotated_at": now,
+            "previous": {
+                "fingerprint": old["upload"]["fingerprint"],
+                "source_key_tier": old["upload"]["source_key_tier"],
+                "source_key_identifier": old["upload"]["source_key_identifier"],
+            },
+            "current": material,
+        }));
+        rec["material_rotations"] = Value::Array(history_of_material);
+        rec["upload"]["fingerprint"] = json!(fingerprint);
+        rec["upload"]["kcv"] = json!(fingerprint.kcv());
+        rec["upload"]["source_key_tier"] = json!(tier.as_str());
+        rec["upload"]["source_key_identifier"] = json!(source_id);
+        rec["local_key_id"] = json!(source.local_key_id);
+        rec["local_key_name"] = json!(source.local_key_name);
+        // Outside aws_param, which every refresh rebuilds from DescribeKey.
+        rec["key_rotations"] = rotations;
+        rec["pending_material"] = Value::Null;
+        rec["rotation_status"] = json!("material_rotated");
+        rec["rotated_at"] = json!(now);
+        rec["updatedAt"] = json!(now);
+        let e = entry(
+            &t.loc,
+            "rotate",
+            who,
+            "success",
+            &calls,
+            &json!({"rotate_material": true, "source_key_tier": tier.as_str(), "source_key_identifier": source_id}),
+        );
+        let (rid, stored, aliases) = (t.loc.id.clone(), rec.clone(), st.aliases);
+        self.uploader
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                aws_keys::update(&tx, &rid, &stored, &aliases, &now)?;
+                history::append(&tx, &e)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        tracing::info!(key_id = %t.loc.key_id, "material rotated on demand");
+        Ok(rec)
     }
 
     async fn client_of(&self, t: &Target) -> aws_sdk_kms::Client {

@@ -348,6 +348,7 @@ impl Uploader {
         let import = kms::MaterialImport {
             valid_to,
             description: req.material_description.as_deref(),
+            new_material: false,
         };
         let stages = AttemptStages {
             store: &self.store,

@@ -139,3 +139,48 @@ pub async fn update_alias(client: &Client, alias: &str, key_id: &str) -> Result<
         .map_err(|e| KmsError::from_sdk("UpdateAlias", e))?;
     Ok(())
 }
+
+/// RotateKeyOnDemand: makes the key's pending new material (imported with
+/// `ImportType=NEW_KEY_MATERIAL`) its current material.
+pub async fn rotate_on_demand(client: &Client, key_id: &str) -> Result<(), KmsError> {
+    client
+        .rotate_key_on_demand()
+        .key_id(key_id)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("RotateKeyOnDemand", e))?;
+    Ok(())
+}
+
+/// ListKeyRotations, as the record shows them (every page).
+pub async fn list_rotations(
+    client: &Client,
+    key_id: &str,
+) -> Result<Vec<serde_json::Value>, KmsError> {
+    let mut out = Vec::new();
+    let mut marker = None;
+    loop {
+        let page = client
+            .list_key_rotations()
+            .key_id(key_id)
+            .set_marker(marker)
+            .send()
+            .await
+            .map_err(|e| KmsError::from_sdk("ListKeyRotations", e))?;
+        for r in page.rotations() {
+            out.push(serde_json::json!({
+                "KeyMaterialId": r.key_material_id(),
+                "RotationDate": r.rotation_date().map(|d| crate::store::format_time(
+                    time::OffsetDateTime::from_unix_timestamp(d.secs()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH))),
+                "RotationType": r.rotation_type().map(|t| t.as_str().to_owned()),
+                "ImportState": r.import_state().map(|t| t.as_str().to_owned()),
+                "ValidTo": r.valid_to().map(|d| crate::store::format_time(
+                    time::OffsetDateTime::from_unix_timestamp(d.secs()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH))),
+            }));
+        }
+        match (page.truncated(), page.next_marker()) {
+            (true, Some(m)) => marker = Some(m.to_owned()),
+            _ => return Ok(out),
+        }
+    }
+}

@@ -207,6 +207,8 @@ pub async fn get_parameters_for_import(
 pub struct MaterialImport<'a> {
     pub valid_to: Option<time::OffsetDateTime>,
     pub description: Option<&'a str>,
+    /// `ImportType=NEW_KEY_MATERIAL`: material for an on-demand rotation, not a re-import.
+    pub new_material: bool,
 }
 
 pub async fn import_key_material(
@@ -222,6 +224,9 @@ pub async fn import_key_material(
         .import_token(Blob::new(params.import_token.clone()))
         .encrypted_key_material(Blob::new(wrapped))
         .set_key_material_description(import.description.map(str::to_owned));
+    if import.new_material {
+        req = req.import_type(aws_sdk_kms::types::ImportType::NewKeyMaterial);
+    }
     req = match import.valid_to {
         Some(t) => req
             .expiration_model(ExpirationModelType::KeyMaterialExpires)

@@ -23,6 +23,9 @@ pub enum Fault {
     Refuse { status: u16, aws_type: &'static str },
     /// The same, for the first matching call only.
     RefuseOnce { status: u16, aws_type: &'static str },
+    /// Answer 200 with this JSON body instead of forwarding (for a call the emulator does
+    /// not implement; the request is still recorded).
+    Answer(String),
     /// Close the connection without an answer.
     Drop,
     /// Forward the call, then close the connection without passing the answer on.
@@ -211,6 +214,25 @@ async fn handle(
                 .header("content-type", "application/x-amz-json-1.1")
                 .header("x-amzn-query-error", format!("{aws_type};Sender"))
                 .body(Full::new(Bytes::from(body)))
+                .expect("response"));
+        }
+        Some(Fault::Answer(json)) => {
+            let (_, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(std::io::Error::other)?
+                .to_bytes();
+            rules.lock().expect("rules").exchanges.push(Exchange {
+                op: op.clone(),
+                status: 200,
+                request: body.to_vec(),
+                response: json.clone().into_bytes(),
+            });
+            return Ok(Response::builder()
+                .status(200)
+                .header("content-type", "application/x-amz-json-1.1")
+                .body(Full::new(Bytes::from(json)))
                 .expect("response"));
         }
         Some(Fault::Drop) => return drop_it(),
