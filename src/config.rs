@@ -7,6 +7,7 @@
 //! `HSM_BRIDGE__AUTH__ALLOWED_GROUPS='["admin","CCKM Admins"]'` (lists as JSON arrays).
 
 mod roles;
+mod schedules;
 mod sync;
 mod tokens;
 
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use roles::RolesConfig;
+pub use schedules::SchedulesConfig;
 pub use sync::SyncConfig;
 pub use tokens::{TokenConfig, TokenRole};
 
@@ -69,6 +71,8 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub schedules: SchedulesConfig,
     #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
@@ -827,6 +831,9 @@ impl Config {
             ));
         }
         if let Err((key, why)) = self.sync.check() {
+            return Err(ConfigError::key(key, why));
+        }
+        if let Err((key, why)) = self.schedules.check() {
             return Err(ConfigError::key(key, why));
         }
         if self.cleanup.interval_secs == 0 {

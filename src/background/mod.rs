@@ -1,8 +1,9 @@
 //! Work the bridge does by itself, beside the requests it serves: the cleaner of half-made
-//! keys, the periodic synchronization of records with AWS, and the synchronization jobs asked
-//! for through the API.
+//! keys, the periodic synchronization of records with AWS, the synchronization jobs asked
+//! for through the API, and what keys schedule (rotations).
 
 pub mod cleanup;
+pub mod schedules;
 pub mod sync;
 
 use std::sync::Arc;

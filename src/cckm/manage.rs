@@ -50,6 +50,7 @@ pub struct KeyManager {
     pub uploader: Arc<Uploader>,
     /// Where rotation generates the new key of a `local` key.
     pub vault: Arc<crate::vault::Vault>,
+    pub schedules: crate::config::SchedulesConfig,
 }
 
 pub(crate) struct Target {

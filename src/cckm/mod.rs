@@ -8,6 +8,7 @@ pub mod policy;
 pub mod record;
 pub mod request;
 pub mod rotate;
+pub mod schedule;
 pub mod spec;
 pub mod templates;
 pub mod upload;

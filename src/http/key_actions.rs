@@ -16,12 +16,14 @@ use crate::cckm::actions::{
     NoBody, PolicyBody, RemoveTagsBody, ScheduleDeletionBody,
 };
 use crate::cckm::manage::Who;
+use crate::cckm::schedule::{EnableRotationJobBody, RotationSchedule};
 use crate::error::DomainError;
 use crate::vocabulary::Vocabulary;
 
 const ACTIONS: &str = "refresh, enable, disable, schedule-deletion, cancel-deletion, \
                        delete-material, import-material, add-alias, delete-alias, add-tags, \
-                       remove-tags, update-description, policy, rotate";
+                       remove-tags, update-description, policy, rotate, \
+                       enable-rotation-job, disable-rotation-job";
 
 fn body<T: DeserializeOwned + Vocabulary>(bytes: &[u8]) -> Result<T, ApiError> {
     parse_body(if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -62,6 +64,24 @@ fn parse(name: &str, bytes: &[u8]) -> Result<Action, ApiError> {
     })
 }
 
+/// `enable-rotation-job` (`Some(Some(..))`) and `disable-rotation-job` (`Some(None)`): the
+/// bridge's own rotation schedule, kept in the record.
+#[allow(clippy::type_complexity)]
+fn rotation_schedule(
+    name: &str,
+    bytes: &[u8],
+    state: &AppState,
+) -> Result<Option<Option<RotationSchedule>>, ApiError> {
+    match name {
+        "enable-rotation-job" => body::<EnableRotationJobBody>(bytes)?
+            .validate(state.keys.schedules.allow_seconds)
+            .map(|s| Some(Some(s)))
+            .map_err(|e| ApiError::from(DomainError::Invalid(e))),
+        "disable-rotation-job" => body::<NoBody>(bytes).map(|_| Some(None)),
+        _ => Ok(None),
+    }
+}
+
 fn who(caller: &super::auth::Caller) -> Who {
     Who {
         actor: caller.user.clone(),
@@ -75,6 +95,15 @@ pub async fn act(
     Path((id, name)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(schedule) = rotation_schedule(&name, &bytes, &state)? {
+        tracing::info!(user = %caller.user, key = %id, action = %name, "rotation schedule change requested");
+        return Ok(Json(
+            state
+                .keys
+                .set_rotation_schedule(&id, schedule, &who(&caller))
+                .await?,
+        ));
+    }
     let action = parse(&name, &bytes)?;
     tracing::info!(user = %caller.user, key = %id, action = action.name(), "key action requested");
     // Like an upload, an action runs to its end even if the caller hangs up.

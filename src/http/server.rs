@@ -181,6 +181,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let keys = Arc::new(crate::cckm::manage::KeyManager {
         uploader: uploader.clone(),
         vault: vault.clone(),
+        schedules: cfg.schedules.clone(),
     });
     let sync = Arc::new(crate::background::sync::Synchronizer::new(
         keys.clone(),
@@ -189,6 +190,13 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         (cfg.sync.interval_secs > 0).then(|| Duration::from_secs(cfg.sync.interval_secs)),
     ));
     tokio::spawn(sync.clone().run_forever());
+    tokio::spawn(
+        crate::background::schedules::Scheduler {
+            keys: keys.clone(),
+            cfg: cfg.schedules.clone(),
+        }
+        .run_forever(),
+    );
     {
         let retention = Duration::from_secs(cfg.vault.deleted_retention_secs);
         tokio::spawn(crate::background::purge_deleted_vault_keys(

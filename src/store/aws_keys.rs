@@ -135,6 +135,20 @@ pub fn ids_for_sync(
         .collect())
 }
 
+/// The ids of the records whose number at `path` (a JSON path such as
+/// `$.rotation_schedule.next_unix`) is at most `now`: what a schedule has made due, the most
+/// overdue first.
+pub fn due(conn: &rusqlite::Connection, path: &str, now: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id FROM aws_keys WHERE json_extract(record, ?1) <= ?2 \
+         ORDER BY json_extract(record, ?1), id",
+    )?;
+    let ids = stmt
+        .query_map(rusqlite::params![path, now], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ids)
+}
+
 #[derive(Default)]
 pub struct ListFilter {
     pub id: Option<String>,

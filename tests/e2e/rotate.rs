@@ -425,3 +425,125 @@ async fn on_demand_rotation_sends_new_key_material_then_rotate_key_on_demand() {
     assert_error(s, &e, 422, "SYMMETRIC_DEFAULT");
     b.finish().await;
 }
+
+/// Waits until `f` answers something, polling the bridge.
+async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "{what} did not happen within 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_schedule_rotates_due_keys_and_carries_over_to_the_new_key() {
+    let tokens = Tokens::new();
+    put_secret(&tokens.source, "sched-luna", Kind::Aes, &secret(32), true);
+    let b = Bridge::start(
+        &tokens,
+        Opts {
+            extra_toml: "[schedules]\ncheck_interval_secs = 1\nkeys_per_minute = 600\nallow_seconds = true\n"
+                .into(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let kms = b.kms().await;
+    let (first, _) = upload_vault_key(&b, "sched", "sched").await;
+    let (first_id, first_key) = id_of(&first);
+    let (s, r) = b
+        .post(
+            &format!("/api/v1/cckm/aws/keys/{first_id}/enable-rotation-job"),
+            &json!({"rotation_period_secs": 2, "auto_rotate_disable_encrypt": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(
+        r["rotation_schedule"]["next_rotation_at"].is_string(),
+        "{r}"
+    );
+    assert_eq!(r["rotation_schedule"]["period_secs"], 2);
+
+    let second_id = wait_for("the scheduled rotation", async || {
+        let (_, o) = b.get(&format!("/api/v1/cckm/aws/keys/{first_id}")).await;
+        o["rotated_to"]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let (_, second) = b.get(&format!("/api/v1/cckm/aws/keys/{second_id}")).await;
+    let (_, second_key) = id_of(&second);
+    assert_ne!(second_key, first_key);
+    assert_eq!(alias_target(&kms, "alias/sched").await, second_key);
+    prove_vault_key_in_token(
+        &b,
+        &tokens,
+        second["local_key_id"].as_str().expect("local_key_id"),
+        &kms,
+        &second_key,
+        "SYMMETRIC_DEFAULT",
+    )
+    .await;
+    let (_, old) = b.get(&format!("/api/v1/cckm/aws/keys/{first_id}")).await;
+    assert!(
+        old["rotation_schedule"].is_null(),
+        "moved to the new key: {old}"
+    );
+    assert!(
+        policy_of(&kms, &first_key).await.contains(NO_ENCRYPT_SID),
+        "auto_rotate_disable_encrypt"
+    );
+    let (_, h) = b
+        .get(&format!("/api/v1/cckm/aws/keys/{first_id}/history"))
+        .await;
+    assert!(
+        h.to_string().contains("hsm-bridge (scheduled rotation)"),
+        "{h}"
+    );
+
+    // The schedule carried over, so the new key is rotated in its turn; then it is stopped.
+    let third_id = wait_for("the second scheduled rotation", async || {
+        let (_, o) = b.get(&format!("/api/v1/cckm/aws/keys/{second_id}")).await;
+        o["rotated_to"]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let (s, r) = b
+        .post(
+            &format!("/api/v1/cckm/aws/keys/{third_id}/disable-rotation-job"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(r["rotation_schedule"].is_null(), "{r}");
+
+    // Only local keys can be scheduled: nothing else can make new material unattended.
+    let (s, luna) = b
+        .upload(
+            json!({"source_key_tier": "hsm-luna", "source_key_identifier": "sched-luna",
+                       "kms": b.kms_name, "region": REGION}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{luna}");
+    let (s, e) = b
+        .post(
+            &format!(
+                "/api/v1/cckm/aws/keys/{}/enable-rotation-job",
+                luna["id"].as_str().expect("id")
+            ),
+            &json!({"rotation_period_days": 90}),
+        )
+        .await;
+    assert_error(s, &e, 422, "local");
+    let (s, e) = b
+        .post(
+            &format!("/api/v1/cckm/aws/keys/{third_id}/enable-rotation-job"),
+            &json!({"job_config_id": "cm-scheduler-1"}),
+        )
+        .await;
+    assert_error(s, &e, 400, "rotation_period_days");
+    b.finish().await;
+}

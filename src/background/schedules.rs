@@ -1,0 +1,33 @@
+//! Keys whose time has come: scheduled rotations (and, with them, anything else a key's record
+//! schedules). Checked every `schedules.check_interval_secs`, worked one key at a time, paced
+//! to `schedules.keys_per_minute`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cckm::manage::KeyManager;
+use crate::config::SchedulesConfig;
+
+pub struct Scheduler {
+    pub keys: Arc<KeyManager>,
+    pub cfg: SchedulesConfig,
+}
+
+impl Scheduler {
+    pub async fn run_forever(self) {
+        let every = Duration::from_secs(self.cfg.check_interval_secs.max(1));
+        let pace = Duration::from_secs_f64(60.0 / f64::from(self.cfg.keys_per_minute.max(1)));
+        loop {
+            tokio::time::sleep(every).await;
+            match self.keys.due_rotations().await {
+                Ok(ids) => {
+                    for id in ids {
+                        self.keys.run_scheduled_rotation(&id, every.as_secs()).await;
+                        tokio::time::sleep(pace).await;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not look for due rotations"),
+            }
+        }
+    }
+}
