@@ -6,6 +6,7 @@ pub mod manage;
 pub mod material;
 pub mod policy;
 pub mod record;
+pub mod replicate;
 pub mod request;
 pub mod rotate;
 pub mod schedule;

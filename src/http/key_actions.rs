@@ -23,7 +23,7 @@ use crate::vocabulary::Vocabulary;
 const ACTIONS: &str = "refresh, enable, disable, schedule-deletion, cancel-deletion, \
                        delete-material, import-material, add-alias, delete-alias, add-tags, \
                        remove-tags, update-description, policy, rotate, \
-                       enable-rotation-job, disable-rotation-job";
+                       enable-rotation-job, disable-rotation-job, replicate-key";
 
 fn body<T: DeserializeOwned + Vocabulary>(bytes: &[u8]) -> Result<T, ApiError> {
     parse_body(if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -12,6 +12,7 @@ pub mod extract;
 pub mod key_actions;
 pub mod limits;
 pub mod login_guard;
+pub mod replicas;
 pub mod roles;
 pub mod rotation;
 pub mod server;
@@ -48,6 +49,10 @@ pub fn app(state: AppState, max_body_bytes: usize, request_timeout: std::time::D
             get(key_actions::history),
         )
         .at("/api/v1/cckm/aws/keys/{id}/rotate", post(rotation::rotate))
+        .at(
+            "/api/v1/cckm/aws/keys/{id}/replicate-key",
+            post(replicas::replicate),
+        )
         .at(
             "/api/v1/cckm/aws/keys/{id}/{action}",
             post(key_actions::act),

@@ -184,3 +184,36 @@ pub async fn list_rotations(
         }
     }
 }
+
+/// ReplicateKey: a replica of the multi-Region key `key_id` in `region`, with its own
+/// description, policy and tags. AWS makes a replica of an imported key `PendingImport`.
+pub async fn replicate_key(
+    client: &Client,
+    key_id: &str,
+    region: &str,
+    description: Option<&str>,
+    policy: Option<&str>,
+    tags: &[(String, String)],
+    bypass_lockout: bool,
+) -> Result<aws_sdk_kms::types::KeyMetadata, KmsError> {
+    let mut req = client
+        .replicate_key()
+        .key_id(key_id)
+        .replica_region(region)
+        .set_description(description.map(str::to_owned))
+        .set_policy(policy.map(str::to_owned))
+        .bypass_policy_lockout_safety_check(bypass_lockout);
+    for (k, v) in tags {
+        let tag = Tag::builder()
+            .tag_key(k)
+            .tag_value(v)
+            .build()
+            .map_err(|e| KmsError::upstream("ReplicateKey", e.to_string()))?;
+        req = req.tags(tag);
+    }
+    req.send()
+        .await
+        .map_err(|e| KmsError::from_sdk("ReplicateKey", e))?
+        .replica_key_metadata
+        .ok_or_else(|| KmsError::upstream("ReplicateKey", "answer without the replica's metadata"))
+}

@@ -14,6 +14,7 @@ mod manage;
 mod policy;
 mod private;
 mod proxy;
+mod replicas;
 mod rotate;
 mod store_faults;
 mod token_faults;
