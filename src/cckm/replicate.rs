@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::manage::{KeyManager, Target, Who, entry, spec_of};
 use super::material::{self, AwsWrap, Untracked};
 use super::record;
-use super::request::{PolicyLists, TagBody, choose_policy, validate_tags};
+use super::request::{PolicyLists, TagBody, UploadKeyBody, choose_policy, validate_tags};
 use super::spec::SourceTier;
 use crate::error::DomainError;
 use crate::kms;
@@ -366,5 +366,134 @@ impl KeyManager {
             .await?;
         tracing::info!(key_id = %t.loc.key_id, region, "replica complete");
         Ok(rec)
+    }
+}
+
+impl KeyManager {
+    /// An upload with `replica_regions`: the primary, then a replica in each Region, each with
+    /// the material imported through the token. If any step fails, every key this request
+    /// made is scheduled for deletion, and the answer names them.
+    pub async fn upload_with_replicas(
+        &self,
+        body: UploadKeyBody,
+        regions: Vec<String>,
+        who: &Who,
+    ) -> Result<Value, DomainError> {
+        // Everything that can be checked is checked before anything is made.
+        if body.aws_param.as_ref().and_then(|p| p.MultiRegion) != Some(true) {
+            return Err(DomainError::Invalid(
+                "replica_regions: needs a multi-Region key (aws_param.MultiRegion: true)".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let conn = body
+            .kms
+            .as_deref()
+            .and_then(|k| self.uploader.kms.find(k))
+            .cloned();
+        for r in &regions {
+            if !seen.insert(r.clone()) {
+                return Err(DomainError::Invalid(format!(
+                    "replica_regions: {r} is named twice"
+                )));
+            }
+            if body.region.as_deref() == Some(r.as_str()) {
+                return Err(DomainError::Invalid(format!(
+                    "replica_regions: {r} is the primary key's own Region"
+                )));
+            }
+            if let Some(c) = &conn
+                && !c.has_region(r)
+            {
+                return Err(DomainError::Invalid(format!(
+                    "replica_regions: `{r}` is not a region of kms `{}` ({})",
+                    c.cfg.name,
+                    c.cfg.regions.join(", ")
+                )));
+            }
+        }
+        if regions.len() > 16 {
+            return Err(DomainError::Invalid("replica_regions: at most 16".into()));
+        }
+        let primary = self
+            .uploader
+            .upload(body, &who.request_id, &who.actor)
+            .await?;
+        let pid = primary["id"].as_str().unwrap_or_default().to_owned();
+        let tags: Vec<(String, String)> = primary["aws_param"]["Tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                Some((
+                    t["TagKey"].as_str()?.to_owned(),
+                    t["TagValue"].as_str().unwrap_or_default().to_owned(),
+                ))
+            })
+            .collect();
+        let policy =
+            super::request::PolicyChoice::Explicit(primary["aws_param"]["Policy"].to_string());
+        let mut made: Vec<(String, String)> = Vec::new();
+        for region in regions {
+            let req = Replicate {
+                region: region.clone(),
+                description: primary["aws_param"]["Description"]
+                    .as_str()
+                    .map(str::to_owned),
+                tags: tags.clone(),
+                policy: Some(policy.clone()),
+                bypass_lockout: false,
+            };
+            match self.replicate(&pid, req, who).await {
+                Ok(r) => made.push((
+                    r["id"].as_str().unwrap_or_default().to_owned(),
+                    r["aws_param"]["Arn"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )),
+                Err(e) => {
+                    let mut scheduled = Vec::new();
+                    let mut left = Vec::new();
+                    let primary_arn = primary["aws_param"]["Arn"].as_str().unwrap_or_default();
+                    // Replicas first: AWS deletes a primary only after its replicas.
+                    let all: Vec<(String, String)> = made
+                        .iter()
+                        .cloned()
+                        .chain(std::iter::once((pid.clone(), primary_arn.to_owned())))
+                        .collect();
+                    for (id, arn) in all {
+                        match self
+                            .act(
+                                &id,
+                                super::actions::Action::ScheduleDeletion { days: 7 },
+                                who,
+                            )
+                            .await
+                        {
+                            Ok(_) => scheduled.push(arn),
+                            Err(se) => left.push(format!("{arn} ({})", se.public_message())),
+                        }
+                    }
+                    let mut message = format!(
+                        "upload with replica_regions failed in {region}: {}. Scheduled for deletion: {}",
+                        e.public_message(),
+                        scheduled.join(", ")
+                    );
+                    if !left.is_empty() {
+                        message.push_str(&format!(
+                            "; not scheduled (do it yourself): {}",
+                            left.join(", ")
+                        ));
+                    }
+                    return Err(DomainError::HalfMade {
+                        message,
+                        cause: Box::new(e),
+                    });
+                }
+            }
+        }
+        let (_, record) = self.sync(&pid).await?;
+        Ok(record)
     }
 }

@@ -35,6 +35,9 @@ pub struct UploadKeyBody {
     pub key_material_description: Option<String>,
     /// CipherTrust's Ansible modules send the expiry here rather than in `aws_param`.
     pub valid_to: Option<String>,
+    /// A bridge extension: replicas of the (multi-Region) key made in the same request, each
+    /// with the material imported through the token.
+    pub replica_regions: Option<Vec<String>>,
 }
 
 impl Vocabulary for UploadKeyBody {

@@ -14,9 +14,23 @@ use crate::cckm::request::UploadKeyBody;
 pub async fn upload_key(
     State(state): State<AppState>,
     Need(caller, _): Need<Uploader>,
-    ApiJson(body): ApiJson<UploadKeyBody>,
+    ApiJson(mut body): ApiJson<UploadKeyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     tracing::info!(user = %caller.user, "upload-key requested");
+    if let Some(regions) = body.replica_regions.take().filter(|r| !r.is_empty()) {
+        let keys = state.keys.clone();
+        let who = crate::cckm::manage::Who {
+            actor: caller.user.clone(),
+            request_id: current_request_id(),
+        };
+        let record = tokio::spawn(
+            async move { keys.upload_with_replicas(body, regions, &who).await }
+                .instrument(tracing::Span::current()),
+        )
+        .await
+        .map_err(|e| ApiError::internal("the upload task failed").with_detail(e.to_string()))??;
+        return Ok((StatusCode::CREATED, axum::Json(record)));
+    }
     // The upload runs in its own task: a caller hanging up mid-flow must not cut the AWS
     // sequence short, which would leave its cleanup to the next cleaner pass.
     let uploader = state.uploader.clone();

@@ -23,6 +23,12 @@ pub enum Fault {
     Refuse { status: u16, aws_type: &'static str },
     /// The same, for the first matching call only.
     RefuseOnce { status: u16, aws_type: &'static str },
+    /// Refuse the `n`-th matching call (1 is the first) from now on, and only that one.
+    RefuseNth {
+        n: usize,
+        status: u16,
+        aws_type: &'static str,
+    },
     /// Answer 200 with this JSON body instead of forwarding (for a call the emulator does
     /// not implement; the request is still recorded).
     Answer(String),
@@ -191,12 +197,33 @@ async fn handle(
         if let (Some(i), Some(Fault::DelayOnce(_))) = (at, &containing) {
             r.containing.remove(i);
         }
-        let by_op = r.by_op.get(&op).cloned();
+        let mut by_op = r.by_op.get(&op).cloned();
         if matches!(
             by_op,
             Some(Fault::LoseAnswerOnce | Fault::RefuseOnce { .. })
         ) {
             r.by_op.remove(&op);
+        }
+        if let Some(Fault::RefuseNth {
+            n,
+            status,
+            aws_type,
+        }) = by_op
+        {
+            by_op = if n <= 1 {
+                r.by_op.remove(&op);
+                Some(Fault::Refuse { status, aws_type })
+            } else {
+                r.by_op.insert(
+                    op.clone(),
+                    Fault::RefuseNth {
+                        n: n - 1,
+                        status,
+                        aws_type,
+                    },
+                );
+                None
+            };
         }
         tripped.or(by_op).or(containing).or_else(|| r.all.clone())
     };
@@ -237,7 +264,11 @@ async fn handle(
         }
         Some(Fault::Drop) => return drop_it(),
         Some(Fault::Delay(d)) | Some(Fault::DelayOnce(d)) => tokio::time::sleep(d).await,
-        Some(Fault::Pass) | Some(Fault::LoseAnswer) | Some(Fault::LoseAnswerOnce) | None => {}
+        Some(Fault::Pass)
+        | Some(Fault::LoseAnswer)
+        | Some(Fault::LoseAnswerOnce)
+        | Some(Fault::RefuseNth { .. })
+        | None => {}
         Some(Fault::Hold(n)) => {
             n.notified().await;
             return drop_it();

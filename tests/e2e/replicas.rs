@@ -190,3 +190,98 @@ async fn a_replica_gets_the_material_through_the_bridge_and_its_own_record() {
     assert!(p["replicas"].is_null(), "no replica recorded: {p}");
     b.finish().await;
 }
+
+const THIRD_REGION: &str = "ap-south-1";
+
+/// Every key of the bridge's account in `region`, with its state.
+async fn states_in(b: &Bridge, region: &str) -> Vec<(String, String)> {
+    kms_keys(&b.kms_in(region).await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_with_replica_regions_makes_every_key_or_leaves_none_enabled() {
+    let proxy = FaultProxy::start().await;
+    let tokens = Tokens::new();
+    let b = Bridge::start(
+        &tokens,
+        Opts {
+            kms_endpoint: Some(proxy.url.clone()),
+            env: vec![(
+                "HSM_BRIDGE__KMS__0__REGIONS".into(),
+                format!(r#"["{REGION}","{OTHER_REGION}","{THIRD_REGION}"]"#),
+            )],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let body = |b: &Bridge, key: &str, alias: &str| {
+        json!({"source_key_identifier": key, "kms": b.kms_name, "region": REGION,
+               "aws_param": {"Alias": alias, "MultiRegion": true,
+                             "Tags": [{"TagKey": "app", "TagValue": "pay"}]},
+               "replica_regions": [OTHER_REGION, THIRD_REGION]})
+    };
+    let material = secret(32);
+    let key = b.vault_import("mr-all", "aes", &material).await;
+    let (s, r) = b.upload(body(&b, &key, "mr-all")).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let replicas = r["replicas"].as_array().expect("replicas").clone();
+    assert_eq!(replicas.len(), 2, "{r}");
+    let key_id = r["aws_param"]["KeyID"].as_str().expect("KeyID").to_owned();
+    for (link, region) in replicas.iter().zip([OTHER_REGION, THIRD_REGION]) {
+        assert_eq!(link["region"], region);
+        let (s, rec) = b
+            .get(&format!(
+                "/api/v1/cckm/aws/keys/{}",
+                link["id"].as_str().expect("id")
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{rec}");
+        assert_eq!(rec["replica_of"]["id"], r["id"]);
+        assert!(
+            rec["aws_param"]["Tags"].to_string().contains("pay"),
+            "{rec}"
+        );
+        prove_aes(&b.kms_in(region).await, &key_id, &material).await;
+    }
+
+    // The second ReplicateKey (the last Region) fails: the primary and the first replica are
+    // scheduled for deletion, and nothing of this request is left enabled anywhere.
+    let before: Vec<(String, String)> = states_in(&b, REGION).await;
+    proxy.on(
+        "ReplicateKey",
+        Fault::RefuseNth {
+            n: 2,
+            status: 500,
+            aws_type: "KMSInternalException",
+        },
+    );
+    let key = b.vault_import("mr-fail", "aes", &secret(32)).await;
+    let (s, e) = b.upload(body(&b, &key, "mr-fail")).await;
+    assert!(s.is_server_error(), "{s} {e}");
+    let msg = e["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(THIRD_REGION) && msg.contains("Scheduled for deletion"),
+        "{e}"
+    );
+    proxy.heal();
+    let new_primary: Vec<_> = states_in(&b, REGION)
+        .await
+        .into_iter()
+        .filter(|k| !before.iter().any(|(id, _)| *id == k.0))
+        .collect();
+    assert_eq!(new_primary.len(), 1, "{new_primary:?}");
+    assert_eq!(new_primary[0].1, "PendingDeletion", "{new_primary:?}");
+    for region in [OTHER_REGION, THIRD_REGION] {
+        for (id, state) in states_in(&b, region).await {
+            assert!(
+                id == key_id || state == "PendingDeletion",
+                "{region}: {id} is {state}"
+            );
+        }
+    }
+    assert!(
+        msg.contains(&new_primary[0].0),
+        "the answer names the primary: {e}"
+    );
+    b.finish().await;
+}
