@@ -353,6 +353,9 @@ pub struct KmsConfig {
     pub max_attempts: u32,
     #[serde(default = "default_timeout")]
     pub operation_timeout_secs: u64,
+    /// A material lease for every upload through this connection that names no expiry of
+    /// its own (1 to 365 days).
+    pub lease_days: Option<u64>,
 }
 
 fn default_cloud_name() -> String {
@@ -711,6 +714,9 @@ impl Config {
             }
             if k.max_attempts == 0 {
                 return Err(ConfigError::key(key("max_attempts"), "must be at least 1"));
+            }
+            if k.lease_days.is_some_and(|d| !(1..=365).contains(&d)) {
+                return Err(ConfigError::key(key("lease_days"), "must be 1 to 365"));
             }
         }
         let mut names = BTreeSet::new();

@@ -1,5 +1,4 @@
-//! Keys whose time has come: scheduled rotations (and, with them, anything else a key's record
-//! schedules). Checked every `schedules.check_interval_secs`, worked one key at a time, paced
+//! Keys whose time has come: scheduled rotations and material lease renewals. Checked every `schedules.check_interval_secs`, worked one key at a time, paced
 //! to `schedules.keys_per_minute`.
 
 use std::sync::Arc;
@@ -27,6 +26,15 @@ impl Scheduler {
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "could not look for due rotations"),
+            }
+            match self.keys.due_renewals().await {
+                Ok(ids) => {
+                    for id in ids {
+                        self.keys.renew_lease(&id, every.as_secs()).await;
+                        tokio::time::sleep(pace).await;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not look for due lease renewals"),
             }
         }
     }

@@ -201,6 +201,17 @@ impl KeyManager {
                 .await;
             return Err(e);
         }
+        let leased = t.loc.record["lease"].is_object();
+        if let (true, Action::ImportMaterial(im)) = (leased, &action)
+            && im.expiry == Expiry::Never
+        {
+            let e = DomainError::Invalid(
+                "valid_to: this key's material is leased (it must expire); give key_expiration and valid_to".into(),
+            );
+            self.record_failure(&t.loc, name, who, "refused", &[], &e)
+                .await;
+            return Err(e);
+        }
         let mut calls: Vec<&'static str> = Vec::new();
         let mut detail = json!({});
         let done = self
@@ -230,7 +241,23 @@ impl KeyManager {
             return Err(e);
         }
         calls.extend_from_slice(READ_CALLS);
-        self.read_back(&t, name, who, &calls, &detail).await
+        let mut record = self.read_back(&t, name, who, &calls, &detail).await?;
+        // An operator's import into a leased key moves the lease to its ValidTo (the bridge's
+        // own renewals keep the lease themselves).
+        if let (true, Action::ImportMaterial(im)) = (leased, &action)
+            && let Expiry::At(v) = im.expiry
+            && !who.actor.contains("(lease renewal)")
+        {
+            let l = super::lease::renewed(
+                &t.loc.record["lease"],
+                time::OffsetDateTime::now_utc(),
+                v,
+                false,
+            );
+            record["lease"] = l.clone();
+            self.patch_record(id, move |r| r["lease"] = l).await;
+        }
+        Ok(record)
     }
 
     /// The AWS calls of one action (the read-back excepted).

@@ -38,6 +38,11 @@ pub struct UploadKeyBody {
     /// A bridge extension: replicas of the (multi-Region) key made in the same request, each
     /// with the material imported through the token.
     pub replica_regions: Option<Vec<String>>,
+    /// A bridge extension: the material is imported to expire after this many days and the
+    /// bridge re-imports it before then, for as long as it can (a material lease).
+    pub lease_days: Option<u64>,
+    /// The same in seconds, for test configurations only (`schedules.allow_seconds`).
+    pub lease_secs: Option<u64>,
 }
 
 impl Vocabulary for UploadKeyBody {
@@ -278,6 +283,44 @@ pub struct UploadRequest {
     pub policy: PolicyChoice,
     /// `KeyMaterialDescription` of ImportKeyMaterial (symmetric keys only).
     pub material_description: Option<String>,
+    /// The material lease asked for (`lease_days`/`lease_secs`).
+    pub lease: Option<Lease>,
+}
+
+/// A material lease: how long each import of the material lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub secs: u64,
+    /// Given in seconds (allowed in test configurations only).
+    pub in_seconds: bool,
+}
+
+/// AWS takes a ValidTo at most 365 days ahead.
+pub const MAX_LEASE_SECS: u64 = 365 * 86_400;
+
+impl Lease {
+    pub fn parse(days: Option<u64>, secs: Option<u64>) -> Result<Option<Lease>, String> {
+        match (days, secs) {
+            (Some(_), Some(_)) => Err("lease_days and lease_secs: one of them".into()),
+            (Some(d), None) if (1..=365).contains(&d) => Ok(Some(Lease {
+                secs: d * 86_400,
+                in_seconds: false,
+            })),
+            (Some(d), None) => Err(format!("lease_days: {d} is not 1 to 365")),
+            (None, Some(s)) if (3..=MAX_LEASE_SECS).contains(&s) => Ok(Some(Lease {
+                secs: s,
+                in_seconds: true,
+            })),
+            (None, Some(s)) => Err(format!("lease_secs: {s} is not 3 to {MAX_LEASE_SECS}")),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// When the bridge renews material imported at `at`: two thirds into the lease, so a
+    /// third of it is left to retry in.
+    pub fn renew_at(self, at: OffsetDateTime) -> OffsetDateTime {
+        at + time::Duration::seconds((self.secs * 2 / 3).max(1) as i64)
+    }
 }
 
 pub const MAX_POLICY_BYTES: usize = 32 * 1024;
@@ -392,6 +435,16 @@ impl UploadKeyBody {
             }
             (_, None) => Expiry::Never,
         };
+        let lease = Lease::parse(self.lease_days, self.lease_secs)?;
+        let expiry = match (lease, expiry) {
+            (Some(_), Expiry::At(_)) => {
+                return Err(
+                    "lease_days: a leased key's expiry is the lease's; give no ValidTo".into(),
+                );
+            }
+            (Some(l), Expiry::Never) => Expiry::At(now + time::Duration::seconds(l.secs as i64)),
+            (None, e) => e,
+        };
 
         let lists = PolicyLists::from_fields(
             self.external_accounts,
@@ -432,6 +485,7 @@ impl UploadKeyBody {
             expiry,
             policy,
             material_description,
+            lease,
         })
     }
 }

@@ -77,6 +77,8 @@ pub struct Uploader {
     pub tiers: Tiers,
     pub live: LiveAttempts,
     pub detailed_errors: bool,
+    /// `schedules.allow_seconds`: leases in seconds (test configurations only).
+    pub allow_seconds: bool,
 }
 
 struct Ctx<'a> {
@@ -97,9 +99,14 @@ impl Uploader {
         request_id: &str,
         actor: &str,
     ) -> Result<Value, DomainError> {
-        let req = body
-            .validate(OffsetDateTime::now_utc())
-            .map_err(DomainError::Invalid)?;
+        let now = OffsetDateTime::now_utc();
+        let mut req = body.validate(now).map_err(DomainError::Invalid)?;
+        if req.lease.is_some_and(|l| l.in_seconds) && !self.allow_seconds {
+            return Err(DomainError::Invalid(
+                "lease_secs: only in test configurations (schedules.allow_seconds); use lease_days"
+                    .into(),
+            ));
+        }
         let conn = self
             .kms
             .find(&req.kms)
@@ -110,6 +117,15 @@ impl Uploader {
                 ))
             })?
             .clone();
+        if let (None, Expiry::Never, Some(d)) = (req.lease, req.expiry, conn.cfg.lease_days) {
+            let lease = super::request::Lease {
+                secs: d * 86_400,
+                in_seconds: false,
+            };
+            req.lease = Some(lease);
+            req.expiry = Expiry::At(now + time::Duration::seconds(lease.secs as i64));
+        }
+        let req = req;
         if !conn.has_region(&req.region) {
             return Err(DomainError::Invalid(format!(
                 "region: `{}` is not a region of kms `{}` ({})",
@@ -408,6 +424,9 @@ impl Uploader {
         if let (Expiry::At(t), Value::Null) = (req.expiry, &record["aws_param"]["ValidTo"]) {
             // Some KMS implementations do not echo ValidTo: show the one that was imported.
             record["aws_param"]["ValidTo"] = Value::String(crate::store::format_time(t));
+        }
+        if let (Some(lease), Expiry::At(t)) = (req.lease, req.expiry) {
+            record["lease"] = super::lease::fresh(lease, OffsetDateTime::now_utc(), t);
         }
         let stored = record.clone();
         let (kid, arn, kms_id, region, attempt) = (

@@ -38,6 +38,8 @@ pub struct KeysQuery {
     multi_region: Option<String>,
     enabled: Option<String>,
     gone: Option<String>,
+    /// A bridge extension: keys whose material expires within this long (`7d`, `12h`, ...).
+    expiring_within: Option<String>,
     skip: Option<u32>,
     limit: Option<u32>,
     #[serde(default)]
@@ -102,7 +104,20 @@ pub async fn list(
             fields.push((pointer, v));
         }
     }
+    let expiring_before = match q.expiring_within.as_deref() {
+        Some(v) => {
+            let secs = crate::cckm::lease::parse_within(v)
+                .map_err(|e| ApiError::from(crate::error::DomainError::Invalid(e)))?;
+            Some(
+                time::OffsetDateTime::now_utc()
+                    .unix_timestamp()
+                    .saturating_add(secs.min(i64::MAX as u64) as i64),
+            )
+        }
+        None => None,
+    };
     let filter = ListFilter {
+        expiring_before,
         id: q.id,
         keyid: q.keyid.or(q.arn),
         region: q.region,

@@ -177,6 +177,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         },
         live: live.clone(),
         detailed_errors: cfg.logging.detailed_errors,
+        allow_seconds: cfg.schedules.allow_seconds,
     });
     let keys = Arc::new(crate::cckm::manage::KeyManager {
         uploader: uploader.clone(),

@@ -159,8 +159,24 @@ pub struct ListFilter {
     /// Fields of the record that must equal the given text (JSON pointer, value): strings
     /// compare without regard to case, booleans as `true`/`false`.
     pub fields: Vec<(&'static str, String)>,
+    /// Only records whose material expires at or before this Unix time.
+    pub expiring_before: Option<i64>,
     pub skip: u32,
     pub limit: u32,
+}
+
+/// When the record's material expires (a lease's end, or an imported `ValidTo`), as Unix time.
+pub fn material_expires_unix(record: &Value) -> Option<i64> {
+    if let Some(t) = record["lease"]["expires_unix"].as_i64() {
+        return Some(t);
+    }
+    if record["aws_param"]["ExpirationModel"] != "KEY_MATERIAL_EXPIRES" {
+        return None;
+    }
+    let v = record["aws_param"]["ValidTo"].as_str()?;
+    time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 fn field_matches(record: &Value, pointer: &str, want: &str) -> bool {
@@ -205,6 +221,11 @@ pub fn list(conn: &rusqlite::Connection, f: &ListFilter) -> Result<(u64, Vec<Val
             .fields
             .iter()
             .all(|(p, want)| field_matches(&record, p, want))
+        {
+            continue;
+        }
+        if let Some(before) = f.expiring_before
+            && !material_expires_unix(&record).is_some_and(|t| t <= before)
         {
             continue;
         }

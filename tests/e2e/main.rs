@@ -9,6 +9,7 @@ mod dsm;
 mod external;
 mod faults;
 mod harness;
+mod leases;
 mod lost_answers;
 mod manage;
 mod policy;
