@@ -225,7 +225,7 @@ pub fn list(conn: &rusqlite::Connection, f: &ListFilter) -> Result<(u64, Vec<Val
             continue;
         }
         if let Some(before) = f.expiring_before
-            && !material_expires_unix(&record).is_some_and(|t| t <= before)
+            && material_expires_unix(&record).is_none_or(|t| t > before)
         {
             continue;
         }
