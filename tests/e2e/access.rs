@@ -173,6 +173,30 @@ async fn each_role_reaches_exactly_its_routes() {
             }
         }
     }
+    // Rotating and replicating make keys with material: key-admin and uploader together.
+    let both = mint_cli(&b.config, "rotator", &["group-key-admin", "group-uploader"]);
+    for (path, body) in [
+        ("/api/v1/cckm/aws/keys/nope/rotate", json!({})),
+        (
+            "/api/v1/cckm/aws/keys/nope/replicate-key",
+            json!({"replica_region": OTHER_REGION}),
+        ),
+    ] {
+        for (role, token) in &tokens_by_role {
+            let (s, r) = b.call(Method::POST, path, Some(&body), Some(token)).await;
+            assert_eq!(
+                s,
+                StatusCode::FORBIDDEN,
+                "{role} alone may not POST {path}: {r}"
+            );
+        }
+        let (s, r) = b.call(Method::POST, path, Some(&body), Some(&both)).await;
+        assert_eq!(
+            s,
+            StatusCode::NOT_FOUND,
+            "key-admin and uploader may POST {path}: {r}"
+        );
+    }
     // A group that grants nothing.
     let nobody = mint_cli(&b.config, "nobody", &["group-nothing"]);
     let (s, r) = b

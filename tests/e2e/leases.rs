@@ -169,3 +169,56 @@ async fn a_leased_key_is_renewed_before_it_expires_and_failing_renewals_are_repo
     );
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kms_connection_lease_applies_to_uploads_that_name_no_expiry() {
+    let tokens = Tokens::new();
+    let b = Bridge::start(
+        &tokens,
+        Opts {
+            env: vec![("HSM_BRIDGE__KMS__0__LEASE_DAYS".into(), "30".into())],
+            with_source: false,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let material = secret(32);
+    let key = b.vault_import("conn-lease", "aes", &material).await;
+    let (s, r) = b
+        .upload(json!({"source_key_identifier": key, "kms": b.kms_name, "region": REGION}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_eq!(r["lease"]["lease_secs"], 30 * 86_400, "{r}");
+    assert_eq!(r["aws_param"]["ExpirationModel"], "KEY_MATERIAL_EXPIRES");
+    let expires = r["lease"]["expires_unix"].as_i64().expect("expires_unix");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!((expires - now - 30 * 86_400).abs() < 60, "{r}");
+    prove_aes(
+        &b.kms().await,
+        r["aws_param"]["KeyID"].as_str().expect("KeyID"),
+        &material,
+    )
+    .await;
+    // An upload naming its own expiry keeps it, without a lease.
+    let valid_to = (time::OffsetDateTime::now_utc() + time::Duration::days(3))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let key = b.vault_import("own-expiry", "aes", &secret(32)).await;
+    let (s, r) = b
+        .upload(
+            json!({"source_key_identifier": key, "kms": b.kms_name, "region": REGION,
+                       "key_expiration": true, "aws_param": {"ValidTo": valid_to}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert!(r["lease"].is_null(), "{r}");
+    // Seconds are for test configurations only.
+    let (s, e) = b
+        .upload(
+            json!({"source_key_identifier": key, "kms": b.kms_name, "region": REGION,
+                       "lease_secs": 10}),
+        )
+        .await;
+    assert_error(s, &e, 400, "test configurations");
+    b.finish().await;
+}
