@@ -91,7 +91,38 @@ pub(crate) fn entry(
     }
 }
 
+/// A record to store, with its aliases.
+pub(crate) struct Save {
+    pub id: String,
+    pub record: Value,
+    pub aliases: Vec<String>,
+}
+
 impl KeyManager {
+    /// Stores records and history entries together, in one transaction.
+    pub(crate) async fn save(
+        &self,
+        records: Vec<Save>,
+        entries: Vec<history::Entry>,
+        now: String,
+    ) -> Result<(), DomainError> {
+        self.uploader
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                for s in &records {
+                    aws_keys::update(&tx, &s.id, &s.record, &s.aliases, &now)?;
+                }
+                for e in &entries {
+                    history::append(&tx, e)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn locate(&self, id: &str) -> Result<Located, DomainError> {
         let key = id.to_owned();
         self.uploader
@@ -384,10 +415,7 @@ impl KeyManager {
     ) -> Result<(), DomainError> {
         let r = &t.loc.record;
         let upload = &r["upload"];
-        let recorded_tier = upload["source_key_tier"]
-            .as_str()
-            .or(r["key_source"].as_str())
-            .and_then(SourceTier::parse);
+        let recorded_tier = recorded_tier(r);
         let tier = im.tier.or(recorded_tier).ok_or_else(|| {
             DomainError::Invalid(
                 "source_key_tier: the record does not say where the key came from; name it".into(),
@@ -480,18 +508,17 @@ impl KeyManager {
         {
             r["aws_param"]["ValidTo"] = Value::Null;
         }
-        let (rid, stored, aliases) = (t.loc.id.clone(), r.clone(), st.aliases.clone());
         let e = entry(&t.loc, action, who, "success", calls, detail);
-        self.uploader
-            .store
-            .call(move |c| {
-                let tx = c.transaction()?;
-                aws_keys::update(&tx, &rid, &stored, &aliases, &now)?;
-                history::append(&tx, &e)?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
+        self.save(
+            vec![Save {
+                id: t.loc.id.clone(),
+                record: r.clone(),
+                aliases: st.aliases.clone(),
+            }],
+            vec![e],
+            now,
+        )
+        .await?;
         tracing::info!(key_id = %t.loc.key_id, action, "key action done");
         Ok(r)
     }
@@ -587,6 +614,15 @@ pub(crate) const READ_CALLS: &[&str] = &[
 
 pub(crate) fn record_aliases(r: &Value) -> Vec<String> {
     record::str_list(&r["aws_param"]["Alias"])
+}
+
+/// The tier the record's material came from (the upload's, or the current one after a
+/// rotation of material).
+pub(crate) fn recorded_tier(r: &Value) -> Option<SourceTier> {
+    r["upload"]["source_key_tier"]
+        .as_str()
+        .or(r["key_source"].as_str())
+        .and_then(SourceTier::parse)
 }
 
 pub(crate) fn spec_of(r: &Value) -> Result<(KeySpec, KeyUsage), DomainError> {

@@ -11,7 +11,6 @@ use super::manage::{KeyManager, Target, Who, entry, spec_of};
 use super::material::{self, AwsWrap, Untracked};
 use super::record;
 use super::request::{PolicyLists, TagBody, UploadKeyBody, choose_policy, validate_tags};
-use super::spec::SourceTier;
 use crate::error::DomainError;
 use crate::kms;
 use crate::pkcs11::fingerprint::Fingerprint;
@@ -169,13 +168,9 @@ impl KeyManager {
 
         // The material must still be the primary's before anything is made in AWS.
         let upload = &r["upload"];
-        let tier = upload["source_key_tier"]
-            .as_str()
-            .or(r["key_source"].as_str())
-            .and_then(SourceTier::parse)
-            .ok_or_else(|| {
-                DomainError::Unprocessable("the record does not say where the key came from".into())
-            })?;
+        let tier = super::manage::recorded_tier(r).ok_or_else(|| {
+            DomainError::Unprocessable("the record does not say where the key came from".into())
+        })?;
         let source_id = upload["source_key_identifier"].as_str().ok_or_else(|| {
             DomainError::Unprocessable("the record does not name the key's source".into())
         })?;

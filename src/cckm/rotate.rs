@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::actions::{Action, expiry_of};
-use super::manage::{KeyManager, Target, Who, entry, spec_of};
+use super::manage::{KeyManager, Save, Target, Who, entry, recorded_tier, spec_of};
 use super::material::{self, AwsWrap, Untracked};
 use super::record;
 use super::request::{AwsParamBody, Expiry, RESERVED_TAGS, TagBody, UploadKeyBody};
@@ -18,7 +18,7 @@ use super::spec::{KeySpec, KeyUsage, SourceTier};
 use crate::error::DomainError;
 use crate::kms::{self, actions as aws};
 use crate::store::aws_keys;
-use crate::store::{history, now_rfc3339};
+use crate::store::now_rfc3339;
 use crate::vocabulary::Vocabulary;
 
 /// The body of `rotate`, as CipherTrust documents it, plus `schedule_deletion_days` (a bridge
@@ -81,15 +81,7 @@ impl RotateBody {
         {
             return Err("description: at most 8192 characters".into());
         }
-        let schedule_deletion_days = match self.schedule_deletion_days {
-            None => None,
-            Some(d) if (7..=30).contains(&d) => Some(d as i32),
-            Some(d) => {
-                return Err(format!(
-                    "schedule_deletion_days: {d} is not a waiting period of 7 to 30 days"
-                ));
-            }
-        };
+        let schedule_deletion_days = deletion_days(self.schedule_deletion_days)?;
         let mode = if self.rotate_material.unwrap_or(false) {
             if self.retain_alias == Some(true)
                 || self.disable_encrypt == Some(true)
@@ -112,6 +104,17 @@ impl RotateBody {
             expiry: expiry_of(self.key_expiration, self.valid_to.as_deref(), now)?,
             schedule_deletion_days,
         })
+    }
+}
+
+/// `schedule_deletion_days`: AWS's waiting period, 7 to 30 days.
+pub fn deletion_days(days: Option<i64>) -> Result<Option<i32>, String> {
+    match days {
+        None => Ok(None),
+        Some(d) if (7..=30).contains(&d) => Ok(Some(d as i32)),
+        Some(d) => Err(format!(
+            "schedule_deletion_days: {d} is not a waiting period of 7 to 30 days"
+        )),
     }
 }
 
@@ -225,12 +228,7 @@ impl KeyManager {
                 spec.as_str()
             )));
         }
-        let upload = &old["upload"];
-        let recorded_tier = upload["source_key_tier"]
-            .as_str()
-            .or(old["key_source"].as_str())
-            .and_then(SourceTier::parse);
-        let tier = r.tier.or(recorded_tier).unwrap_or(SourceTier::Local);
+        let tier = r.tier.or(recorded_tier(old)).unwrap_or(SourceTier::Local);
 
         // The old key as AWS has it now: its aliases, policy and tags go to the new key.
         let st = kms::read_state(&t.client, &t.loc.key_id).await?;
@@ -527,17 +525,12 @@ impl KeyManager {
             &calls,
             &json!({"rotate_material": true, "source_key_tier": tier.as_str(), "source_key_identifier": source_id}),
         );
-        let (rid, stored, aliases) = (t.loc.id.clone(), rec.clone(), st.aliases);
-        self.uploader
-            .store
-            .call(move |c| {
-                let tx = c.transaction()?;
-                aws_keys::update(&tx, &rid, &stored, &aliases, &now)?;
-                history::append(&tx, &e)?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
+        let save = Save {
+            id: t.loc.id.clone(),
+            record: rec.clone(),
+            aliases: st.aliases,
+        };
+        self.save(vec![save], vec![e], now).await?;
         tracing::info!(key_id = %t.loc.key_id, "material rotated on demand");
         Ok(rec)
     }
@@ -644,21 +637,19 @@ impl KeyManager {
             &[],
             &json!({"rotated_from": {"id": t.loc.id, "key_id": t.loc.key_id}}),
         );
-        let (oid, nid) = (t.loc.id.clone(), new_id.to_owned());
-        let (old_stored, new_stored) = (old_r, new_r.clone());
-        let (old_aliases, new_aliases) = (old_state.aliases, new_state.aliases);
-        self.uploader
-            .store
-            .call(move |c| {
-                let tx = c.transaction()?;
-                aws_keys::update(&tx, &oid, &old_stored, &old_aliases, &now)?;
-                aws_keys::update(&tx, &nid, &new_stored, &new_aliases, &now)?;
-                history::append(&tx, &old_entry)?;
-                history::append(&tx, &new_entry)?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
+        let records = vec![
+            Save {
+                id: t.loc.id.clone(),
+                record: old_r,
+                aliases: old_state.aliases,
+            },
+            Save {
+                id: new_id.to_owned(),
+                record: new_r.clone(),
+                aliases: new_state.aliases,
+            },
+        ];
+        self.save(records, vec![old_entry, new_entry], now).await?;
         tracing::info!(old = %t.loc.key_id, new = %new_key, "rotation complete");
         Ok(new_r)
     }

@@ -13,7 +13,7 @@ use super::rotate::{Mode, Rotate};
 use super::spec::{KeySpec, SourceTier};
 use crate::error::DomainError;
 use crate::store::aws_keys;
-use crate::store::{format_time, history, now_rfc3339};
+use crate::store::{format_time, now_rfc3339};
 use crate::unused_fields;
 use crate::vocabulary::{Unused, Vocabulary};
 
@@ -84,15 +84,7 @@ impl EnableRotationJobBody {
                 ));
             }
         }
-        let schedule_deletion_days = match self.schedule_deletion_days {
-            None => None,
-            Some(d) if (7..=30).contains(&d) => Some(d as i32),
-            Some(d) => {
-                return Err(format!(
-                    "schedule_deletion_days: {d} is not a waiting period of 7 to 30 days"
-                ));
-            }
-        };
+        let schedule_deletion_days = super::rotate::deletion_days(self.schedule_deletion_days)?;
         let mode = if self.rotate_material.unwrap_or(false) {
             if self.auto_rotate_disable_encrypt == Some(true) || schedule_deletion_days.is_some() {
                 return Err("rotate_material: keeps the key; auto_rotate_disable_encrypt and schedule_deletion_days are for a rotation to a new key".into());
@@ -146,11 +138,7 @@ impl KeyManager {
                     "the key was rotated to {to}; schedule that one"
                 )));
             }
-            let tier = r["upload"]["source_key_tier"]
-                .as_str()
-                .or(r["key_source"].as_str())
-                .and_then(SourceTier::parse);
-            if tier != Some(SourceTier::Local) {
+            if super::manage::recorded_tier(r) != Some(SourceTier::Local) {
                 return Err(DomainError::Unprocessable(format!(
                     "{name}: a scheduled rotation generates the new material as a vault key, so only keys uploaded from the local tier can be scheduled; rotate this one with POST .../rotate and a named source"
                 )));
@@ -183,21 +171,12 @@ impl KeyManager {
         let stamp = now_rfc3339();
         rec["updatedAt"] = json!(stamp);
         let e = entry(&t.loc, name, who, "success", &[], &detail);
-        let (rid, stored, aliases) = (
-            t.loc.id.clone(),
-            rec.clone(),
-            super::manage::record_aliases(r),
-        );
-        self.uploader
-            .store
-            .call(move |c| {
-                let tx = c.transaction()?;
-                aws_keys::update(&tx, &rid, &stored, &aliases, &stamp)?;
-                history::append(&tx, &e)?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
+        let save = super::manage::Save {
+            id: t.loc.id.clone(),
+            record: rec.clone(),
+            aliases: super::manage::record_aliases(r),
+        };
+        self.save(vec![save], vec![e], stamp).await?;
         Ok(rec)
     }
 
