@@ -110,8 +110,10 @@ pub struct AttemptStages<'a> {
 impl Stages for AttemptStages<'_> {
     async fn enter(&self, stage: &'static str) -> Result<(), DomainError> {
         let id = self.attempt.to_owned();
+        // Not durable on its own: the attempt's durable records are its start (before
+        // CreateKey), the key it made, and its end.
         self.store
-            .call(move |c| crate::store::attempts::stage(c, &id, stage))
+            .call_relaxed(move |c| crate::store::attempts::stage(c, &id, stage))
             .await
             .map_err(DomainError::from)
     }

@@ -57,7 +57,8 @@ impl Drop for LiveGuard {
 }
 
 /// The AWS calls of a complete upload, in order (the alias check, a DescribeKey of the
-/// alias, and CreateAlias only with an alias).
+/// alias, and CreateAlias only with an alias). What the bridge sent (policy, tags, alias) is
+/// not read back: the periodic synchronization keeps the record true afterwards.
 const UPLOAD_CALLS: &[&str] = &[
     "DescribeKey",
     "CreateKey",
@@ -65,10 +66,6 @@ const UPLOAD_CALLS: &[&str] = &[
     "ImportKeyMaterial",
     "CreateAlias",
     "DescribeKey",
-    "GetKeyPolicy",
-    "ListAliases",
-    "ListResourceTags",
-    "GetKeyRotationStatus",
 ];
 
 pub struct Uploader {
@@ -90,6 +87,9 @@ struct Ctx<'a> {
     client: aws_sdk_kms::Client,
     key_id: String,
     arn: String,
+    /// What CreateKey was sent, which the record shows without reading it back.
+    policy: &'a str,
+    tags: &'a [(String, String)],
 }
 
 impl Uploader {
@@ -227,6 +227,8 @@ impl Uploader {
             client,
             key_id: meta.key_id().to_owned(),
             arn: meta.arn().unwrap_or_default().to_owned(),
+            policy: &policy_text,
+            tags: &tags,
         };
         tracing::info!(attempt = %attempt, key_id = %ctx.key_id, "AWS key created");
         match self
@@ -334,7 +336,7 @@ impl Uploader {
     ) -> Result<(), (&'static str, DomainError)> {
         let id = attempt.to_owned();
         self.store
-            .call(move |c| attempts::stage(c, &id, stage))
+            .call_relaxed(move |c| attempts::stage(c, &id, stage))
             .await
             .map_err(|e| (stage, e.into()))
     }
@@ -394,7 +396,12 @@ impl Uploader {
         }
 
         self.stage(&ctx.attempt, "DescribeKey").await?;
-        let st = kms::read_state(&ctx.client, key_id)
+        let sent = kms::Sent {
+            policy: ctx.policy,
+            aliases: req.alias.iter().map(|a| a.as_str().to_owned()).collect(),
+            tags: ctx.tags,
+        };
+        let st = kms::read_new_state(&ctx.client, key_id, sent)
             .await
             .map_err(|e| ("DescribeKey", e.into()))?;
 

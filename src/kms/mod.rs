@@ -293,6 +293,30 @@ pub struct KeyState {
     pub rotation_enabled: bool,
 }
 
+/// What the bridge itself sent with a new key, which an upload does not read back.
+pub struct Sent<'a> {
+    pub policy: &'a str,
+    pub aliases: Vec<String>,
+    pub tags: &'a [(String, String)],
+}
+
+/// The state of a key the bridge just made: one DescribeKey, the rest from what it sent (the
+/// periodic synchronization keeps the record true afterwards). Imported material is never
+/// rotated by AWS on a schedule, so rotation is off.
+pub async fn read_new_state(
+    client: &Client,
+    key_id: &str,
+    sent: Sent<'_>,
+) -> Result<KeyState, KmsError> {
+    Ok(KeyState {
+        metadata: describe(client, key_id).await?,
+        policy: sent.policy.to_owned(),
+        aliases: sent.aliases,
+        tags: sent.tags.to_vec(),
+        rotation_enabled: false,
+    })
+}
+
 pub async fn read_state(client: &Client, key_id: &str) -> Result<KeyState, KmsError> {
     let metadata = client
         .describe_key()

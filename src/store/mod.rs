@@ -247,6 +247,25 @@ impl Store {
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?
     }
+
+    /// The same, for writes that need not be durable on their own (an upload's intermediate
+    /// stages): committed without an fsync (`synchronous=NORMAL` in WAL mode survives a crash
+    /// of the process, not of the host), and made durable by the next ordinary commit.
+    pub async fn call_relaxed<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.call(move |c| {
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            let out = f(c);
+            let back = c.pragma_update(None, "synchronous", "FULL");
+            let out = out?;
+            back?;
+            Ok(out)
+        })
+        .await
+    }
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -37,10 +37,12 @@ async fn dsm_aes_keys_upload_wrapped_and_everything_else_is_refused() {
         k.dsm_toml("down", &kek_name, "dsm-kek", closed),
     ]
     .concat();
+    let kms_wire = crate::proxy::FaultProxy::start().await;
     let b = Bridge::start(
         &tokens,
         Opts {
             extra_toml: extra,
+            kms_endpoint: Some(kms_wire.url.clone()),
             ..Default::default()
         },
     )
@@ -52,10 +54,12 @@ async fn dsm_aes_keys_upload_wrapped_and_everything_else_is_refused() {
     };
 
     // By Name, pinned to one DSM, and by Unique Identifier.
+    let from = kms_wire.seen().len();
     let (s, r) = b
         .upload(body(&format!("dsm:{aes_name}"), "dsm-by-name"))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{r}");
+    crate::proxy::assert_upload_calls(&kms_wire.seen()[from..], "dsm");
     assert_eq!(r["key_source"], "dsm");
     assert_eq!(r["local_key_id"], aes_uid.as_str());
     prove_aes(&kms, r["aws_param"]["KeyID"].as_str().expect("id"), &aes).await;

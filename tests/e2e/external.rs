@@ -268,10 +268,12 @@ async fn external_cm_on_softhsm_secret_keys_and_what_sha1_allows() {
     {
         let material = secret(len);
         let id = p.cm.vault_import(&format!("k{i}"), alg, &material).await;
+        let from = kms_wire.seen().len();
         let (s, r) =
             p.up.upload(upload_body(&p.up, &id, spec, None, &format!("soft/{i}")))
                 .await;
         assert_eq!(s, StatusCode::CREATED, "{spec}: {r}");
+        crate::proxy::assert_upload_calls(&kms_wire.seen()[from..], "external-cm");
         let key = r["aws_param"]["KeyID"].as_str().expect("id").to_owned();
         if spec == "SYMMETRIC_DEFAULT" {
             prove_aes(&kms, &key, &material).await;

@@ -333,3 +333,19 @@ async fn handle(
     });
     Ok(out.body(Full::new(bytes)).expect("response"))
 }
+
+/// The KMS calls of one upload with an alias: the alias check, CreateKey,
+/// GetParametersForImport, ImportKeyMaterial, CreateAlias and one DescribeKey of the result.
+pub const UPLOAD_CALLS: [&str; 6] = [
+    "DescribeKey",
+    "CreateKey",
+    "GetParametersForImport",
+    "ImportKeyMaterial",
+    "CreateAlias",
+    "DescribeKey",
+];
+
+/// `seen` (the calls of one upload) are those six, in that order.
+pub fn assert_upload_calls(seen: &[String], what: &str) {
+    assert_eq!(seen, UPLOAD_CALLS, "{what}: the KMS calls of one upload");
+}

@@ -461,3 +461,59 @@ async fn hsm_luna_keys_generated_in_the_token_match_the_tokens_own_operations_on
 async fn hsm_luna_keys_generated_in_the_token_match_the_tokens_own_operations_on_kryoptic() {
     hsm_luna_keys_generated_in_the_token_match_the_tokens_own_operations(Family::Kryoptic).await;
 }
+
+/// Round trips: an upload makes six KMS calls, whatever the tier (external-cm and dsm are
+/// counted in their own tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_makes_six_kms_calls_from_the_local_and_hsm_luna_tiers() {
+    let tokens = Tokens::new();
+    let luna = secret(32);
+    put_secret(&tokens.source, "calls-luna", Kind::Aes, &luna, true);
+    let wire = crate::proxy::FaultProxy::start().await;
+    let b = Bridge::start(
+        &tokens,
+        Opts {
+            kms_endpoint: Some(wire.url.clone()),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let kms = b.kms().await;
+    let local = secret(32);
+    let key = b.vault_import("calls-local", "aes", &local).await;
+    for (tier, ident, material) in [
+        ("local", key.as_str(), &local),
+        ("hsm-luna", "calls-luna", &luna),
+    ] {
+        let from = wire.seen().len();
+        let (s, r) = b
+            .upload(upload_body(
+                &b,
+                tier,
+                ident,
+                "SYMMETRIC_DEFAULT",
+                &format!("calls/{tier}"),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        crate::proxy::assert_upload_calls(&wire.seen()[from..], tier);
+        let id = r["aws_param"]["KeyID"].as_str().expect("KeyID");
+        prove_aes(&kms, id, material).await;
+        // What was not read back is what AWS holds: a refresh changes nothing in aws_param.
+        let (s, fresh) = b
+            .post(
+                &format!(
+                    "/api/v1/cckm/aws/keys/{}/refresh",
+                    r["id"].as_str().expect("id")
+                ),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{fresh}");
+        assert_eq!(
+            fresh["aws_param"], r["aws_param"],
+            "{tier}: the record was true"
+        );
+    }
+    b.finish().await;
+}
