@@ -10,6 +10,7 @@ pub mod extcm;
 pub mod http;
 pub mod kmip;
 pub mod kms;
+pub mod metrics;
 pub mod pkcs11;
 pub mod probe;
 pub mod secrets;

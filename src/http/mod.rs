@@ -12,6 +12,7 @@ pub mod extract;
 pub mod key_actions;
 pub mod limits;
 pub mod login_guard;
+pub mod metrics;
 pub mod replicas;
 pub mod roles;
 pub mod rotation;
@@ -99,6 +100,7 @@ pub fn app(state: AppState, max_body_bytes: usize, request_timeout: std::time::D
         .at("/api/v1/system/tokens", get(system::tokens))
         .at("/api/v1/audit", get(audit::list))
         .at("/healthz", get(health))
+        .at("/metrics", get(metrics::render))
         .0
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -103,7 +103,12 @@ async fn build_client(cfg: &KmsConfig, region: &str) -> Client {
         }
         None => base,
     };
-    Client::new(&sdk)
+    // Every call of every client is counted (`GET /metrics`).
+    Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&sdk)
+            .interceptor(crate::metrics::KmsCallCounter)
+            .build(),
+    )
 }
 
 fn aws_spec(s: KeySpec) -> AwsKeySpec {

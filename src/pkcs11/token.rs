@@ -125,6 +125,7 @@ struct Inner {
     user_type: UserType,
     idle: Mutex<Vec<Session>>,
     permits: Arc<Semaphore>,
+    sessions: usize,
     call_timeout: Duration,
     /// Set when the token refused the PIN: no login is ever attempted again (retrying a wrong
     /// PIN can lock or zeroize an HSM role).
@@ -175,6 +176,7 @@ impl Token {
             user_type,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(cfg.sessions)),
+            sessions: cfg.sessions,
             call_timeout: Duration::from_secs(cfg.call_timeout_secs),
             pin_refused: Mutex::new(None),
         });
@@ -223,6 +225,13 @@ impl Token {
         self.restrictions.get().map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// How many of the pool's sessions are in use now.
+    pub fn sessions_in_use(&self) -> usize {
+        self.inner
+            .sessions
+            .saturating_sub(self.inner.permits.available_permits())
+    }
+
     /// Why the token is out of use for good (until the operator fixes it and restarts): the
     /// token refused the PIN.
     pub fn failure(&self) -> Option<String> {
@@ -241,13 +250,19 @@ impl Token {
         let inner = self.inner.clone();
         let abandoned = Arc::new(AtomicBool::new(false));
         let flag = abandoned.clone();
+        let name = self.name.clone();
         let work = async move {
+            let waited = std::time::Instant::now();
             let permit = inner
                 .permits
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|e| TokenError::Worker(e.to_string()))?;
+            crate::metrics::get()
+                .session_wait_seconds
+                .get_or_create(&crate::metrics::TokenLabels { token: name })
+                .observe(waited.elapsed().as_secs_f64());
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 inner.with_session(f, Some(&flag))

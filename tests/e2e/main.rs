@@ -12,6 +12,7 @@ mod harness;
 mod leases;
 mod lost_answers;
 mod manage;
+mod metrics;
 mod policy;
 mod private;
 mod proxy;
