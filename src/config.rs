@@ -356,6 +356,17 @@ pub struct KmsConfig {
     /// A material lease for every upload through this connection that names no expiry of
     /// its own (1 to 365 days).
     pub lease_days: Option<u64>,
+    /// Requests per second per operation, replacing AWS's default quotas for this account
+    /// (after a quota increase, say): `{ GetParametersForImport = 20 }`.
+    #[serde(default)]
+    pub request_quotas: std::collections::BTreeMap<String, f64>,
+    /// How long a throttled call is sent again before its throttling is the caller's error.
+    #[serde(default = "default_throttle_deadline")]
+    pub throttle_deadline_secs: u64,
+}
+
+fn default_throttle_deadline() -> u64 {
+    120
 }
 
 fn default_cloud_name() -> String {
@@ -717,6 +728,26 @@ impl Config {
             }
             if k.lease_days.is_some_and(|d| !(1..=365).contains(&d)) {
                 return Err(ConfigError::key(key("lease_days"), "must be 1 to 365"));
+            }
+            for (op, rate) in &k.request_quotas {
+                if op.is_empty() || !op.chars().all(|c| c.is_ascii_alphabetic()) {
+                    return Err(ConfigError::key(
+                        key("request_quotas"),
+                        "keys are KMS operation names, like GetParametersForImport",
+                    ));
+                }
+                if !(rate.is_finite() && *rate > 0.0 && *rate <= 100_000.0) {
+                    return Err(ConfigError::key(
+                        key("request_quotas"),
+                        "rates are requests per second, above 0",
+                    ));
+                }
+            }
+            if !(1..=3600).contains(&k.throttle_deadline_secs) {
+                return Err(ConfigError::key(
+                    key("throttle_deadline_secs"),
+                    "must be 1 to 3600",
+                ));
             }
         }
         let mut names = BTreeSet::new();

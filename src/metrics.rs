@@ -31,6 +31,11 @@ pub struct KmsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub token: String,
 }
@@ -39,7 +44,8 @@ pub struct Metrics {
     pub uploads: Family<UploadLabels, Counter>,
     pub upload_seconds: Histogram,
     pub kms_calls: Family<KmsLabels, Counter>,
-    pub kms_throttles: Family<KmsLabels, Counter>,
+    pub kms_throttles: Family<OperationLabels, Counter>,
+    pub limiter_wait_seconds: Family<OperationLabels, Histogram>,
     pub session_wait_seconds: Family<TokenLabels, Histogram>,
     pub sessions_in_use: Family<TokenLabels, Gauge>,
     pub token_ready: Family<TokenLabels, Gauge>,
@@ -59,7 +65,11 @@ impl Metrics {
         let uploads = Family::<UploadLabels, Counter>::default();
         let upload_seconds = Histogram::new(latency_buckets());
         let kms_calls = Family::<KmsLabels, Counter>::default();
-        let kms_throttles = Family::<KmsLabels, Counter>::default();
+        let kms_throttles = Family::<OperationLabels, Counter>::default();
+        let limiter_wait_seconds =
+            Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(latency_buckets())
+            });
         let session_wait_seconds = Family::<TokenLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
@@ -84,8 +94,13 @@ impl Metrics {
         );
         registry.register(
             "kms_throttles",
-            "AWS KMS calls answered with a throttling error",
+            "AWS KMS calls answered with ThrottlingException (the limiter slows down and sends them again)",
             kms_throttles.clone(),
+        );
+        registry.register(
+            "kms_limiter_wait_seconds",
+            "Time KMS calls waited for the request-rate limiter",
+            limiter_wait_seconds.clone(),
         );
         registry.register(
             "token_session_wait_seconds",
@@ -112,6 +127,7 @@ impl Metrics {
             upload_seconds,
             kms_calls,
             kms_throttles,
+            limiter_wait_seconds,
             session_wait_seconds,
             sessions_in_use,
             token_ready,
@@ -167,33 +183,16 @@ impl Intercept for KmsCallCounter {
             .load::<Metadata>()
             .map(|m| m.name().to_owned())
             .unwrap_or_else(|| "unknown".into());
-        let (outcome, throttled) = match context.response() {
-            None => ("no_answer", false),
-            Some(r) => {
-                let status = r.status().as_u16();
-                let kind = r
-                    .headers()
-                    .get("x-amzn-errortype")
-                    .or_else(|| r.headers().get("x-amzn-query-error"))
-                    .unwrap_or_default();
-                let throttled = kind.contains("Throttling") || status == 429;
-                (
-                    match status {
-                        200..=299 => "success",
-                        400..=499 => "client_error",
-                        _ => "server_error",
-                    },
-                    throttled,
-                )
-            }
+        let outcome = match context.response().map(|r| r.status().as_u16()) {
+            None => "no_answer",
+            Some(200..=299) => "success",
+            Some(400..=499) => "client_error",
+            Some(_) => "server_error",
         };
         let labels = KmsLabels {
             operation,
             outcome: outcome.to_owned(),
         };
-        if throttled {
-            get().kms_throttles.get_or_create(&labels).inc();
-        }
         get().kms_calls.get_or_create(&labels).inc();
         Ok(())
     }

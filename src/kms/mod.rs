@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod error;
+pub mod limiter;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,13 +39,28 @@ impl KmsConn {
 pub struct KmsRegistry {
     conns: Vec<KmsConn>,
     clients: Mutex<HashMap<(String, String), Client>>,
+    limiter: Arc<limiter::Limiter>,
 }
 
 impl KmsRegistry {
     pub fn new(cfgs: &[KmsConfig]) -> Self {
+        let per_account: Vec<_> = cfgs
+            .iter()
+            .map(|c| {
+                (
+                    c.account_id.clone(),
+                    c.request_quotas
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect(),
+                    Duration::from_secs(c.throttle_deadline_secs),
+                )
+            })
+            .collect();
         Self {
             conns: cfgs.iter().cloned().map(|cfg| KmsConn { cfg }).collect(),
             clients: Mutex::new(HashMap::new()),
+            limiter: Arc::new(limiter::Limiter::new(&per_account)),
         }
     }
 
@@ -66,12 +82,12 @@ impl KmsRegistry {
             return c.clone();
         }
         // Built without the lock held: loading credentials may take a while.
-        let c = build_client(&conn.cfg, region).await;
+        let c = build_client(&conn.cfg, region, &self.limiter).await;
         self.clients.lock().await.entry(key).or_insert(c).clone()
     }
 }
 
-async fn build_client(cfg: &KmsConfig, region: &str) -> Client {
+async fn build_client(cfg: &KmsConfig, region: &str, limiter: &Arc<limiter::Limiter>) -> Client {
     let timeouts = TimeoutConfig::builder()
         .operation_timeout(Duration::from_secs(cfg.operation_timeout_secs))
         .connect_timeout(Duration::from_secs(5))
@@ -103,12 +119,26 @@ async fn build_client(cfg: &KmsConfig, region: &str) -> Client {
         }
         None => base,
     };
-    // Every call of every client is counted (`GET /metrics`).
-    Client::from_conf(
-        aws_sdk_kms::config::Builder::from(&sdk)
-            .interceptor(crate::metrics::KmsCallCounter)
-            .build(),
-    )
+    // Every call of every client is counted (`GET /metrics`) and paced by the limiter.
+    let mut b =
+        aws_sdk_kms::config::Builder::from(&sdk).interceptor(crate::metrics::KmsCallCounter);
+    // The SDK's own default HTTPS client (hyper 1 and rustls), built here so that it can be
+    // wrapped: aws-config leaves it to the client otherwise.
+    let inner = sdk.http_client().unwrap_or_else(|| {
+        use aws_smithy_http_client::tls;
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .build_https()
+    });
+    b = b.http_client(limiter::LimitedClient {
+        inner,
+        limiter: limiter.clone(),
+        account: cfg.account_id.clone(),
+        region: region.to_owned(),
+    });
+    Client::from_conf(b.build())
 }
 
 fn aws_spec(s: KeySpec) -> AwsKeySpec {

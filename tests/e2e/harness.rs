@@ -517,6 +517,9 @@ fn unpad(p: &[u8]) -> Vec<u8> {
     p[..p.len() - n].to_vec()
 }
 
+/// Far above AWS's defaults: the emulator enforces none.
+const GENEROUS_QUOTAS: &str = "{ GetParametersForImport = 200, CreateKey = 200, ImportKeyMaterial = 200, CreateAlias = 200, UpdateAlias = 200, ReplicateKey = 200, ScheduleKeyDeletion = 200, PutKeyPolicy = 200, TagResource = 200, EnableKey = 200, DisableKey = 200, DeleteImportedKeyMaterial = 200, DeleteAlias = 200, UntagResource = 200, UpdateKeyDescription = 200, CancelKeyDeletion = 200, RotateKeyOnDemand = 200 }";
+
 /// Options of one daemon.
 #[derive(Clone)]
 pub struct Opts {
@@ -539,6 +542,8 @@ pub struct Opts {
     pub module: Option<PathBuf>,
     /// More keys for every `[[tokens]]` entry.
     pub token_toml: String,
+    /// `[[kms]].request_quotas` (a TOML inline table) instead of the tests' generous one.
+    pub request_quotas: Option<String>,
 }
 
 impl Default for Opts {
@@ -555,6 +560,7 @@ impl Default for Opts {
             max_attempts: 1,
             module: None,
             token_toml: String::new(),
+            request_quotas: None,
         }
     }
 }
@@ -668,6 +674,9 @@ endpoint_url = "{endpoint}"
 wrapping_key_spec = "{wks}"
 max_attempts = {max_attempts}
 operation_timeout_secs = 10
+# The emulator enforces no quotas: the tests' bridges allow more than AWS's defaults, so that
+# a suite does not wait on the pacing of calls nothing would throttle.
+request_quotas = {quotas}
 {aws_profile}
 {extra}
 "#,
@@ -689,6 +698,10 @@ operation_timeout_secs = 10
                 ""
             },
             extra = opts.extra_toml,
+            quotas = opts
+                .request_quotas
+                .clone()
+                .unwrap_or_else(|| GENEROUS_QUOTAS.to_owned()),
         );
         if opts.aws_profile {
             std::fs::create_dir_all(d.join(".aws")).expect(".aws");

@@ -19,6 +19,7 @@ mod proxy;
 mod replicas;
 mod rotate;
 mod store_faults;
+mod throttling;
 mod token_faults;
 mod token_keys;
 mod transport;

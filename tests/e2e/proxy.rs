@@ -50,6 +50,8 @@ pub enum Fault {
 #[derive(Clone, Debug)]
 pub struct Exchange {
     pub op: String,
+    /// When the answer was passed on.
+    pub at: std::time::Instant,
     pub status: u16,
     pub request: Vec<u8>,
     pub response: Vec<u8>,
@@ -68,6 +70,10 @@ struct Rules {
     captured: Vec<Vec<u8>>,
     /// Rules for operations (request paths) containing a string.
     containing: Vec<(String, Fault)>,
+    /// Quotas the proxy enforces as AWS does: operation -> (requests per second, tokens, last).
+    quotas: HashMap<String, (f64, f64, std::time::Instant)>,
+    /// Calls the quotas refused.
+    throttled: usize,
     exchanges: Vec<Exchange>,
 }
 
@@ -132,6 +138,20 @@ impl FaultProxy {
             .expect("rules")
             .by_op
             .insert(op.to_owned(), fault);
+    }
+
+    /// Enforce a request quota on `op` as AWS does: calls above `per_second` are answered
+    /// 400 ThrottlingException.
+    pub fn enforce_quota(&self, op: &str, per_second: f64) {
+        self.rules.lock().expect("rules").quotas.insert(
+            op.to_owned(),
+            (per_second, per_second.max(1.0), std::time::Instant::now()),
+        );
+    }
+
+    /// How many calls the quotas refused.
+    pub fn throttled(&self) -> usize {
+        self.rules.lock().expect("rules").throttled
     }
 
     pub fn everything(&self, fault: Fault) {
@@ -225,7 +245,30 @@ async fn handle(
                 None
             };
         }
-        tripped.or(by_op).or(containing).or_else(|| r.all.clone())
+        let over_quota = match r.quotas.get_mut(&op) {
+            Some((rate, tokens, last)) => {
+                let now = std::time::Instant::now();
+                *tokens =
+                    (*tokens + now.duration_since(*last).as_secs_f64() * *rate).min(rate.max(1.0));
+                *last = now;
+                if *tokens >= 1.0 {
+                    *tokens -= 1.0;
+                    false
+                } else {
+                    true
+                }
+            }
+            None => false,
+        };
+        if over_quota {
+            r.throttled += 1;
+            Some(Fault::Refuse {
+                status: 400,
+                aws_type: "ThrottlingException",
+            })
+        } else {
+            tripped.or(by_op).or(containing).or_else(|| r.all.clone())
+        }
     };
     let drop_it = || {
         Err(std::io::Error::other(
@@ -252,6 +295,7 @@ async fn handle(
                 .to_bytes();
             rules.lock().expect("rules").exchanges.push(Exchange {
                 op: op.clone(),
+                at: std::time::Instant::now(),
                 status: 200,
                 request: body.to_vec(),
                 response: json.clone().into_bytes(),
@@ -327,6 +371,7 @@ async fn handle(
     }
     rules.lock().expect("rules").exchanges.push(Exchange {
         op: op.clone(),
+        at: std::time::Instant::now(),
         status: resp_status,
         request: request_body,
         response: bytes.to_vec(),
