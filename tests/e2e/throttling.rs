@@ -104,7 +104,7 @@ async fn a_request_quota_paces_uploads_and_none_fails_on_throttling() {
     .await;
     let rate = burst(&b, &proxy, 12, "known").await;
     assert!(
-        rate >= 0.9 * QUOTA && rate <= 1.3 * QUOTA,
+        (0.9 * QUOTA..=1.3 * QUOTA).contains(&rate),
         "at the quota's rate: {rate:.2}/s (throttled {})",
         proxy.throttled()
     );
