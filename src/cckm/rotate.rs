@@ -302,17 +302,8 @@ impl KeyManager {
         tier: SourceTier,
         source_id: &str,
     ) -> Result<Value, DomainError> {
-        let old = &t.loc.record;
         // New material, or it is no rotation.
-        let source = self.uploader.tiers.resolve(tier, source_id, spec).await?;
-        let fingerprint = source.fingerprint(spec).await?;
-        if serde_json::to_value(&fingerprint).ok().as_ref() == Some(&old["upload"]["fingerprint"]) {
-            return Err(DomainError::Conflict(format!(
-                "rotate: {} `{source_id}` holds the same material as the key being rotated; a rotation needs new material",
-                tier.as_str()
-            )));
-        }
-        drop(source);
+        drop(self.new_material(t, spec, tier, source_id).await?);
 
         let tags: Vec<TagBody> = st
             .tags
@@ -410,14 +401,7 @@ impl KeyManager {
         source_id: &str,
     ) -> Result<Value, DomainError> {
         let old = &t.loc.record;
-        let source = self.uploader.tiers.resolve(tier, source_id, spec).await?;
-        let fingerprint = source.fingerprint(spec).await?;
-        if serde_json::to_value(&fingerprint).ok().as_ref() == Some(&old["upload"]["fingerprint"]) {
-            return Err(DomainError::Conflict(format!(
-                "rotate: {} `{source_id}` holds the key's current material; a rotation needs new material",
-                tier.as_str()
-            )));
-        }
+        let (source, fingerprint) = self.new_material(t, spec, tier, source_id).await?;
         let wrap = AwsWrap::choose(&source)?;
         let import = kms::MaterialImport {
             valid_to: match r.expiry {
@@ -533,6 +517,33 @@ impl KeyManager {
         self.save(vec![save], vec![e], now).await?;
         tracing::info!(key_id = %t.loc.key_id, "material rotated on demand");
         Ok(rec)
+    }
+
+    /// The named source, refused when it holds the key's current material (by fingerprint).
+    async fn new_material(
+        &self,
+        t: &Target,
+        spec: KeySpec,
+        tier: SourceTier,
+        source_id: &str,
+    ) -> Result<
+        (
+            crate::tiers::ResolvedSource,
+            crate::pkcs11::fingerprint::Fingerprint,
+        ),
+        DomainError,
+    > {
+        let source = self.uploader.tiers.resolve(tier, source_id, spec).await?;
+        let fingerprint = source.fingerprint(spec).await?;
+        if serde_json::to_value(&fingerprint).ok().as_ref()
+            == Some(&t.loc.record["upload"]["fingerprint"])
+        {
+            return Err(DomainError::Conflict(format!(
+                "rotate: {} `{source_id}` holds the same material as the key being rotated; a rotation needs new material",
+                tier.as_str()
+            )));
+        }
+        Ok((source, fingerprint))
     }
 
     async fn client_of(&self, t: &Target) -> aws_sdk_kms::Client {

@@ -91,6 +91,34 @@ fn unwrapped_template(sensitive: bool) -> [Attribute; 5] {
     ]
 }
 
+/// CKA_ALLOWED_MECHANISMS: a wrap of a throwaway key with `other` (not the key's mechanism)
+/// must be refused.
+fn allowed_mechanisms(
+    s: &Session,
+    key: &'static str,
+    h: ObjectHandle,
+    other: &Mechanism<'_>,
+    other_name: &str,
+) -> Result<Restriction, TokenError> {
+    let victim = throwaway(s)?;
+    let refused = s.wrap_key(other, h, victim.handle()).is_err();
+    Ok(if refused {
+        Restriction::new(
+            key,
+            "CKA_ALLOWED_MECHANISMS",
+            State::Honoured,
+            &format!("a {other_name} wrap (not its mechanism) was refused"),
+        )
+    } else {
+        Restriction::new(
+            key,
+            "CKA_ALLOWED_MECHANISMS",
+            State::Absent,
+            &format!("the token let it wrap with {other_name} too"),
+        )
+    })
+}
+
 /// CKA_MODIFIABLE=false: setting the key's label to the label it has must be refused.
 fn modifiable(s: &Session, key: &'static str, h: ObjectHandle, label: &str) -> Restriction {
     match is_modifiable(s, h) {
@@ -191,24 +219,14 @@ pub fn check(
     let mut out = Vec::new();
     if let Some((kek, _)) = ops::find_kek(s, kek_label)? {
         out.push(modifiable(s, "vault KEK", kek, kek_label));
-        let victim = throwaway(s)?;
-        let refused_other = s
-            .wrap_key(&Mechanism::AesKeyWrap, kek, victim.handle())
-            .is_err();
-        out.push(Restriction::new(
+        out.push(allowed_mechanisms(
+            s,
             "vault KEK",
-            "CKA_ALLOWED_MECHANISMS",
-            if refused_other {
-                State::Honoured
-            } else {
-                State::Absent
-            },
-            if refused_other {
-                "an RFC 3394 wrap (not its mechanism) was refused"
-            } else {
-                "the token let it wrap with RFC 3394 too"
-            },
-        ));
+            kek,
+            &Mechanism::AesKeyWrap,
+            "RFC 3394",
+        )?);
+        let victim = throwaway(s)?;
         let wrapped = tries.storage.and_then(|m| {
             s.wrap_key(&m.without_params(), kek, victim.handle())
                 .ok()
@@ -229,24 +247,14 @@ pub fn check(
             public,
             ops::TRANSPORT_LABEL,
         ));
-        let victim = throwaway(s)?;
-        let refused_other = s
-            .wrap_key(&Mechanism::RsaPkcs, public, victim.handle())
-            .is_err();
-        out.push(Restriction::new(
+        out.push(allowed_mechanisms(
+            s,
             "transport public key",
-            "CKA_ALLOWED_MECHANISMS",
-            if refused_other {
-                State::Honoured
-            } else {
-                State::Absent
-            },
-            if refused_other {
-                "a PKCS#1 v1.5 wrap (not RSA-OAEP) was refused"
-            } else {
-                "the token let it wrap with PKCS#1 v1.5 too"
-            },
-        ));
+            public,
+            &Mechanism::RsaPkcs,
+            "PKCS#1 v1.5",
+        )?);
+        let victim = throwaway(s)?;
         let wrapped = tries.oaep.and_then(|h| {
             s.wrap_key(&ops::oaep_mechanism(h), public, victim.handle())
                 .ok()
