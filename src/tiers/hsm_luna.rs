@@ -39,11 +39,48 @@ impl Lookup {
     }
 }
 
-struct ResidentKey(Lookup);
+/// A key in its source token: how it was found, and the handle and identity found then. The
+/// handle is used again (one attribute read instead of a search of the token) as long as it
+/// still names an object of the same class, label and CKA_ID; otherwise the key is looked up
+/// afresh (after a token reset, say, handles can change).
+struct ResidentKey {
+    lookup: Lookup,
+    handle: ObjectHandle,
+    class: ObjectClass,
+    label: String,
+    id: Vec<u8>,
+}
+
+impl ResidentKey {
+    fn still_there(&self, session: &Session) -> bool {
+        use cryptoki::object::{Attribute, AttributeType};
+        let Ok(attrs) = session.get_attributes(
+            self.handle,
+            &[AttributeType::Class, AttributeType::Label, AttributeType::Id],
+        ) else {
+            return false;
+        };
+        let (mut class, mut label, mut id) = (None, None, None);
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => class = Some(c),
+                Attribute::Label(l) => label = Some(l),
+                Attribute::Id(i) => id = Some(i),
+                _ => {}
+            }
+        }
+        class == Some(self.class)
+            && label.as_deref() == Some(self.label.as_bytes())
+            && id.as_deref().unwrap_or_default() == self.id.as_slice()
+    }
+}
 
 impl Materialize for ResidentKey {
     fn materialize<'s>(&self, session: &'s Session) -> Result<InToken<'s>, TokenError> {
-        match self.0.find(session)?.as_slice() {
+        if self.still_there(session) {
+            return Ok(InToken::Resident(self.handle));
+        }
+        match self.lookup.find(session)?.as_slice() {
             [h] => Ok(InToken::Resident(*h)),
             [] => Err(TokenError::Refused(
                 "the source key is gone from its token".into(),
@@ -56,11 +93,11 @@ impl Materialize for ResidentKey {
 
     /// The public key object found the way the private key was (same label or CKA_ID).
     fn public_spki(&self, session: &Session) -> Result<Option<Vec<u8>>, TokenError> {
-        let public = match &self.0 {
+        let public = match &self.lookup {
             Lookup::Label(_, l) => Lookup::Label(ObjectClass::PUBLIC_KEY, l.clone()),
             Lookup::Id(_, i) => Lookup::Id(ObjectClass::PUBLIC_KEY, i.clone()),
         };
-        let [private] = self.0.find(session)?[..] else {
+        let [private] = self.lookup.find(session)?[..] else {
             return Ok(None);
         };
         let Some(kind) = ops::private_key_kind(session, private)? else {
@@ -85,6 +122,7 @@ fn is_hmac_type(k: KeyType) -> bool {
 /// A key found for the identifier: where, how to find it again, what it is.
 struct Hit {
     lookup: Lookup,
+    handle: ObjectHandle,
     facts: KeyFacts,
     private: Option<PrivateKind>,
 }
@@ -155,6 +193,7 @@ fn find_in(s: &Session, class: ObjectClass, identifier: &str) -> Result<Vec<Hit>
             };
             hits.push(Hit {
                 lookup: lookup.clone(),
+                handle: *h,
                 facts,
                 private,
             });
@@ -221,7 +260,13 @@ impl Tier for HsmLunaTier {
             },
             local_key_name: hit.facts.label.clone(),
             private: hit.private,
-            material: Arc::new(ResidentKey(hit.lookup)),
+            material: Arc::new(ResidentKey {
+                lookup: hit.lookup,
+                handle: hit.handle,
+                class: hit.facts.class,
+                label: hit.facts.label,
+                id: hit.facts.id,
+            }),
             public_spki: None,
         })
     }
