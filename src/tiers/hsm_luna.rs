@@ -56,7 +56,11 @@ impl ResidentKey {
         use cryptoki::object::{Attribute, AttributeType};
         let Ok(attrs) = session.get_attributes(
             self.handle,
-            &[AttributeType::Class, AttributeType::Label, AttributeType::Id],
+            &[
+                AttributeType::Class,
+                AttributeType::Label,
+                AttributeType::Id,
+            ],
         ) else {
             return false;
         };
