@@ -546,6 +546,16 @@ pub struct Opts {
     pub request_quotas: Option<String>,
 }
 
+impl Opts {
+    /// The defaults, with KMS calls sent through `proxy` (a fault or recording proxy).
+    pub fn through(proxy: &crate::proxy::FaultProxy) -> Self {
+        Self {
+            kms_endpoint: Some(proxy.url.clone()),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for Opts {
     fn default() -> Self {
         Self {

@@ -32,14 +32,7 @@ async fn act(b: &Bridge, id: &str, action: &str, body: Value) -> (StatusCode, Va
 async fn a_replica_gets_the_material_through_the_bridge_and_its_own_record() {
     let proxy = FaultProxy::start().await;
     let tokens = Tokens::new();
-    let b = Bridge::start(
-        &tokens,
-        Opts {
-            kms_endpoint: Some(proxy.url.clone()),
-            ..Opts::default()
-        },
-    )
-    .await;
+    let b = Bridge::start(&tokens, Opts::through(&proxy)).await;
     let other = b.kms_in(OTHER_REGION).await;
     let (primary, material) = upload_mr(&b, "mr-a", true).await;
     let pid = primary["id"].as_str().expect("id").to_owned();

@@ -203,14 +203,7 @@ async fn rotation_moves_the_aliases_to_new_material_and_links_both_records() {
 async fn a_failure_at_any_step_of_a_rotation_leaves_the_alias_on_the_old_key() {
     let proxy = FaultProxy::start().await;
     let tokens = Tokens::new();
-    let b = Bridge::start(
-        &tokens,
-        Opts {
-            kms_endpoint: Some(proxy.url.clone()),
-            ..Opts::default()
-        },
-    )
-    .await;
+    let b = Bridge::start(&tokens, Opts::through(&proxy)).await;
     let kms = b.kms().await;
     let mut old_keys = Vec::new();
     for (i, op) in [
@@ -297,14 +290,7 @@ async fn on_demand_rotation_sends_new_key_material_then_rotate_key_on_demand() {
     let material = [secret(32), secret(32)];
     put_secret(&tokens.source, "od-1", Kind::Aes, &material[0], true);
     put_secret(&tokens.source, "od-2", Kind::Aes, &material[1], true);
-    let b = Bridge::start(
-        &tokens,
-        Opts {
-            kms_endpoint: Some(proxy.url.clone()),
-            ..Opts::default()
-        },
-    )
-    .await;
+    let b = Bridge::start(&tokens, Opts::through(&proxy)).await;
     let kms = b.kms().await;
     let (s, old) = b
         .upload(

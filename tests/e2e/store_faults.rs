@@ -59,6 +59,23 @@ impl Drop for SmallFs {
     }
 }
 
+/// A daemon whose store is the file `db`.
+async fn bridge_with_store(db: PathBuf) -> Bridge {
+    let mut b = Bridge::start(
+        &Tokens::new(),
+        Opts {
+            env: vec![(
+                "HSM_BRIDGE__STORE__PATH".into(),
+                db.to_string_lossy().into_owned(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    b.db_path = db;
+    b
+}
+
 /// An ext4 filesystem in a file, on a loop device, unmounted and detached when dropped.
 struct LoopExt4 {
     dir: PathBuf,
@@ -136,20 +153,7 @@ impl Drop for LoopExt4 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_turned_read_only_refuses_uploads_before_aws() {
     let fs = LoopExt4::mount();
-    let tokens = Tokens::new();
-    let db = fs.dir.join("hsm-bridge.db");
-    let mut b = Bridge::start(
-        &tokens,
-        Opts {
-            env: vec![(
-                "HSM_BRIDGE__STORE__PATH".into(),
-                db.to_string_lossy().into_owned(),
-            )],
-            ..Default::default()
-        },
-    )
-    .await;
-    b.db_path = db;
+    let mut b = bridge_with_store(fs.dir.join("hsm-bridge.db")).await;
     let material = secret(32);
     let key = b.vault_import("read-only", "aes", &material).await;
     let kms = b.kms().await;
@@ -193,20 +197,7 @@ async fn a_store_turned_read_only_refuses_uploads_before_aws() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_refuses_uploads_before_aws_and_recovers() {
     let fs = SmallFs::mount("4m");
-    let tokens = Tokens::new();
-    let db = fs.0.join("hsm-bridge.db");
-    let mut b = Bridge::start(
-        &tokens,
-        Opts {
-            env: vec![(
-                "HSM_BRIDGE__STORE__PATH".into(),
-                db.to_string_lossy().into_owned(),
-            )],
-            ..Default::default()
-        },
-    )
-    .await;
-    b.db_path = db;
+    let b = bridge_with_store(fs.0.join("hsm-bridge.db")).await;
     let material = secret(32);
     let key = b.vault_import("full-disk", "aes", &material).await;
     let kms = b.kms().await;
