@@ -351,6 +351,8 @@ pub struct KmsConfig {
     /// Attempts per AWS call (the SDK's standard retry mode).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// How long one exchange with AWS may take before it is given up (and retried, within
+    /// `max_attempts`); time queued behind the request limiter is not counted.
     #[serde(default = "default_timeout")]
     pub operation_timeout_secs: u64,
     /// A material lease for every upload through this connection that names no expiry of

@@ -71,7 +71,9 @@ impl KmsError {
                 op,
                 kind: KmsErrorKind::Unavailable,
                 code: None,
-                message: if d.is_io() || d.is_timeout() {
+                message: if d.is_timeout() {
+                    "timed out".into()
+                } else if d.is_io() {
                     "AWS KMS endpoint unreachable".into()
                 } else {
                     "the request could not be sent to AWS KMS".into()

@@ -4,6 +4,10 @@
 //! client's HTTP connector, so no call escapes it, and a throttled call (which AWS did not
 //! perform) is sent again after the limiter's wait until `throttle_deadline_secs` passes: no
 //! upload fails because of throttling unless that deadline passes.
+//!
+//! The time a call waits here is not AWS's: `operation_timeout_secs` bounds each exchange with
+//! AWS from after the limiter's wait, so a long queue (a bulk job, many uploads in flight) is
+//! never mistaken for a KMS that does not answer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +20,7 @@ use aws_smithy_runtime_api::client::http::{
     SharedHttpConnector,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::byte_stream::ByteStream;
@@ -192,6 +197,8 @@ pub struct LimitedClient {
     pub limiter: Arc<Limiter>,
     pub account: String,
     pub region: String,
+    /// How long one exchange with AWS may take, the limiter's wait not counted.
+    pub exchange_timeout: Duration,
 }
 
 impl std::fmt::Debug for LimitedClient {
@@ -241,7 +248,11 @@ impl HttpConnector for LimitedConnector {
             loop {
                 c.limiter.admit(&key).await;
                 let again = request.try_clone();
-                let mut response = inner.call(request).await?;
+                let mut response = tokio::time::timeout(c.exchange_timeout, inner.call(request))
+                    .await
+                    .map_err(|_| {
+                        ConnectorError::timeout("AWS KMS did not answer in time".into())
+                    })??;
                 if response.status().as_u16() != 400 {
                     c.limiter.passed(&key);
                     return Ok(response);

@@ -88,8 +88,9 @@ impl KmsRegistry {
 }
 
 async fn build_client(cfg: &KmsConfig, region: &str, limiter: &Arc<limiter::Limiter>) -> Client {
+    // No operation timeout of the SDK's: it would count the limiter's wait. The limited client
+    // bounds each exchange instead.
     let timeouts = TimeoutConfig::builder()
-        .operation_timeout(Duration::from_secs(cfg.operation_timeout_secs))
         .connect_timeout(Duration::from_secs(5))
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -137,6 +138,7 @@ async fn build_client(cfg: &KmsConfig, region: &str, limiter: &Arc<limiter::Limi
         limiter: limiter.clone(),
         account: cfg.account_id.clone(),
         region: region.to_owned(),
+        exchange_timeout: Duration::from_secs(cfg.operation_timeout_secs),
     });
     Client::from_conf(b.build())
 }

@@ -544,6 +544,8 @@ pub struct Opts {
     pub token_toml: String,
     /// `[[kms]].request_quotas` (a TOML inline table) instead of the tests' generous one.
     pub request_quotas: Option<String>,
+    /// `[[kms]].operation_timeout_secs`.
+    pub operation_timeout_secs: u64,
 }
 
 impl Opts {
@@ -571,6 +573,7 @@ impl Default for Opts {
             module: None,
             token_toml: String::new(),
             request_quotas: None,
+            operation_timeout_secs: 10,
         }
     }
 }
@@ -683,7 +686,7 @@ regions = ["{REGION}", "{OTHER_REGION}"]
 endpoint_url = "{endpoint}"
 wrapping_key_spec = "{wks}"
 max_attempts = {max_attempts}
-operation_timeout_secs = 10
+operation_timeout_secs = {op_timeout}
 # The emulator enforces no quotas: the tests' bridges allow more than AWS's defaults, so that
 # a suite does not wait on the pacing of calls nothing would throttle.
 request_quotas = {quotas}
@@ -708,6 +711,7 @@ request_quotas = {quotas}
                 ""
             },
             extra = opts.extra_toml,
+            op_timeout = opts.operation_timeout_secs,
             quotas = opts
                 .request_quotas
                 .clone()

@@ -89,7 +89,8 @@ async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_quota_paces_uploads_and_none_fails_on_throttling() {
     let tokens = Tokens::new();
-    // The quota known to the bridge: it keeps to it.
+    // The quota known to the bridge: it keeps to it. The calls queue longer than the exchange
+    // timeout, which counts only the time AWS takes.
     let proxy = FaultProxy::start().await;
     proxy.enforce_quota("GetParametersForImport", QUOTA);
     let b = Bridge::start(
@@ -97,6 +98,7 @@ async fn a_request_quota_paces_uploads_and_none_fails_on_throttling() {
         Opts {
             kms_endpoint: Some(proxy.url.clone()),
             request_quotas: Some(format!("{{ GetParametersForImport = {QUOTA} }}")),
+            operation_timeout_secs: 2,
             with_source: false,
             ..Opts::default()
         },
