@@ -6,6 +6,7 @@
 //! `HSM_BRIDGE__SERVER__LISTEN=127.0.0.1:9443`, `HSM_BRIDGE__TOKENS__0__PIN_FILE=/run/pin`,
 //! `HSM_BRIDGE__AUTH__ALLOWED_GROUPS='["admin","CCKM Admins"]'` (lists as JSON arrays).
 
+mod jobs;
 mod roles;
 mod schedules;
 mod sync;
@@ -15,6 +16,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use jobs::JobsConfig;
 pub use roles::RolesConfig;
 pub use schedules::SchedulesConfig;
 pub use sync::SyncConfig;
@@ -73,6 +75,8 @@ pub struct Config {
     pub sync: SyncConfig,
     #[serde(default)]
     pub schedules: SchedulesConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
     #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
@@ -873,6 +877,9 @@ impl Config {
             return Err(ConfigError::key(key, why));
         }
         if let Err((key, why)) = self.schedules.check() {
+            return Err(ConfigError::key(key, why));
+        }
+        if let Err((key, why)) = self.jobs.check() {
             return Err(ConfigError::key(key, why));
         }
         if self.cleanup.interval_secs == 0 {

@@ -53,6 +53,24 @@ impl DomainError {
         }
     }
 
+    /// A failure that may pass by itself (AWS, a token, the store or another key manager out
+    /// of reach for now): worth running again later. A token that refused its PIN is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DomainError::Token { source, .. } => {
+                matches!(
+                    source.failure(),
+                    TokenFailure::Unavailable | TokenFailure::SessionLost
+                ) && !matches!(source, TokenError::PinRefused(_))
+            }
+            DomainError::Kms(k) => k.kind == KmsErrorKind::Unavailable,
+            DomainError::Store(e) => e.is_unavailable(),
+            DomainError::Unavailable(_) => true,
+            DomainError::HalfMade { cause, .. } => cause.is_transient(),
+            _ => false,
+        }
+    }
+
     /// What the caller reads: no PKCS#11 or SDK internals unless they help them act.
     pub fn public_message(&self) -> String {
         match self {

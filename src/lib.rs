@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod background;
 pub mod cckm;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod extcm;

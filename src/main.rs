@@ -49,6 +49,28 @@ enum Command {
     },
     /// Read a password on standard input and print its Argon2id hash for `[[users]]`.
     HashPassword,
+    /// Submit a bulk upload job (JSON: `items`, or `selector` and `targets`) to the running
+    /// daemon; with --follow, show its progress until it ends. Exits non-zero if an item failed
+    /// or the job was cancelled.
+    UploadJob {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The job, as `POST /api/v1/cckm/aws/upload-jobs` takes it.
+        #[arg(long)]
+        file: PathBuf,
+        /// Show a progress bar with rate and ETA until the job ends.
+        #[arg(long)]
+        follow: bool,
+        /// The daemon's address (default: server.address_file, else server.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// The CA that signed the daemon's certificate (default: server.tls_cert_file).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The user named in the token (and the audit log).
+        #[arg(long, default_value = "hsm-bridge-cli")]
+        user: String,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -195,6 +217,54 @@ fn main() -> ExitCode {
                 Ok(hsm_bridge::audit::Verdict::Broken { seq, why }) => {
                     println!("audit trail BROKEN at entry {seq}: {why}");
                     ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("hsm-bridge: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::UploadJob {
+            config,
+            file,
+            follow,
+            url,
+            ca,
+            user,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let args = hsm_bridge::client::UploadJobArgs {
+                file: &file,
+                follow,
+                url: url.as_deref(),
+                ca: ca.as_deref(),
+                user: &user,
+            };
+            match rt.block_on(hsm_bridge::client::upload_job(&cfg, args)) {
+                Ok(job) => {
+                    let n = |k: &str| job[k].as_u64().unwrap_or(0);
+                    println!(
+                        "upload job {}: {}, {} completed, {} failed, {} cancelled of {}",
+                        job["id"].as_str().unwrap_or_default(),
+                        job["status"].as_str().unwrap_or_default(),
+                        n("completed"),
+                        n("failed"),
+                        n("cancelled"),
+                        n("total")
+                    );
+                    if follow && (n("failed") > 0 || job["status"] == "cancelled") {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => {
                     eprintln!("hsm-bridge: {e}");

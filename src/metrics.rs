@@ -36,6 +36,11 @@ pub struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub token: String,
 }
@@ -50,6 +55,8 @@ pub struct Metrics {
     pub sessions_in_use: Family<TokenLabels, Gauge>,
     pub token_ready: Family<TokenLabels, Gauge>,
     pub cleanup_backlog: Gauge,
+    pub job_items_done: Family<StateLabels, Counter>,
+    pub job_items_open: Family<StateLabels, Gauge>,
     registry: Registry,
 }
 
@@ -76,6 +83,8 @@ impl Metrics {
         let sessions_in_use = Family::<TokenLabels, Gauge>::default();
         let token_ready = Family::<TokenLabels, Gauge>::default();
         let cleanup_backlog = Gauge::default();
+        let job_items_done = Family::<StateLabels, Counter>::default();
+        let job_items_open = Family::<StateLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("hsm_bridge");
         registry.register(
             "uploads",
@@ -122,6 +131,16 @@ impl Metrics {
             "AWS keys of failed uploads still waiting to be scheduled for deletion",
             cleanup_backlog.clone(),
         );
+        registry.register(
+            "upload_job_items_done",
+            "Items of upload jobs ended, by how (completed, failed, retried)",
+            job_items_done.clone(),
+        );
+        registry.register(
+            "upload_job_items",
+            "Items of the open upload jobs, by state (pending, running, completed, failed, cancelled)",
+            job_items_open.clone(),
+        );
         Self {
             uploads,
             upload_seconds,
@@ -132,6 +151,8 @@ impl Metrics {
             sessions_in_use,
             token_ready,
             cleanup_backlog,
+            job_items_done,
+            job_items_open,
             registry,
         }
     }

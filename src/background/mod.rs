@@ -1,10 +1,11 @@
 //! Work the bridge does by itself, beside the requests it serves: the cleaner of half-made
 //! keys, the periodic synchronization of records with AWS, the synchronization jobs asked
-//! for through the API, and what keys schedule (rotations).
+//! for through the API, what keys schedule (rotations, lease renewals), and bulk upload jobs.
 
 pub mod cleanup;
 pub mod schedules;
 pub mod sync;
+pub mod upload_jobs;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! the upload state machine, and the AWS key record.
 
 pub mod actions;
+pub mod jobs;
 pub mod lease;
 pub mod manage;
 pub mod material;

@@ -99,6 +99,19 @@ impl Uploader {
         request_id: &str,
         actor: &str,
     ) -> Result<Value, DomainError> {
+        self.upload_as(body, request_id, actor, None).await
+    }
+
+    /// The same, under an attempt id chosen (and recorded) by the caller beforehand, as an
+    /// upload job does for each item: after a crash, the record an attempt made tells that the
+    /// item was uploaded. A new id otherwise.
+    pub async fn upload_as(
+        &self,
+        body: UploadKeyBody,
+        request_id: &str,
+        actor: &str,
+        attempt: Option<String>,
+    ) -> Result<Value, DomainError> {
         let now = OffsetDateTime::now_utc();
         let mut req = body.validate(now).map_err(DomainError::Invalid)?;
         if req.lease.is_some_and(|l| l.in_seconds) && !self.allow_seconds {
@@ -149,7 +162,7 @@ impl Uploader {
             )));
         }
 
-        let attempt = uuid::Uuid::new_v4().to_string();
+        let attempt = attempt.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let _live = self.live.enter(&attempt);
         let new = NewAttempt {
             id: attempt.clone(),

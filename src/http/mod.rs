@@ -22,6 +22,7 @@ pub mod sync_jobs;
 pub mod system;
 pub mod templates;
 pub mod upload;
+pub mod upload_jobs;
 pub mod vault;
 
 use axum::Router;
@@ -40,6 +41,18 @@ pub use self::state::AppState;
 pub fn app(state: AppState, max_body_bytes: usize, request_timeout: std::time::Duration) -> Router {
     Routes::default()
         .at("/api/v1/cckm/aws/upload-key", post(upload::upload_key))
+        .at(
+            "/api/v1/cckm/aws/upload-jobs",
+            post(upload_jobs::submit).get(upload_jobs::list),
+        )
+        .at(
+            "/api/v1/cckm/aws/upload-jobs/{id}",
+            get(upload_jobs::get_one),
+        )
+        .at(
+            "/api/v1/cckm/aws/upload-jobs/{id}/cancel",
+            post(upload_jobs::cancel),
+        )
         .at("/api/v1/cckm/aws/keys", get(aws_keys::list))
         .at(
             "/api/v1/cckm/aws/keys/{id}",

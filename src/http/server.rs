@@ -191,6 +191,13 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         (cfg.sync.interval_secs > 0).then(|| Duration::from_secs(cfg.sync.interval_secs)),
     ));
     tokio::spawn(sync.clone().run_forever());
+    let upload_jobs = Arc::new(crate::background::upload_jobs::JobRunner {
+        uploader: uploader.clone(),
+        store: store.clone(),
+        cfg: cfg.jobs.clone(),
+        wake: Arc::new(tokio::sync::Notify::new()),
+    });
+    tokio::spawn(upload_jobs.clone().run_forever());
     tokio::spawn(
         crate::background::schedules::Scheduler {
             keys: keys.clone(),
@@ -232,6 +239,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         uploader,
         keys,
         sync,
+        upload_jobs,
         vault,
         store: store.clone(),
         kms: kms.clone(),

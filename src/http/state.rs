@@ -16,6 +16,7 @@ pub struct AppState {
     pub auditor: crate::audit::Auditor,
     pub keys: Arc<crate::cckm::manage::KeyManager>,
     pub sync: Arc<crate::background::sync::Synchronizer>,
+    pub upload_jobs: Arc<crate::background::upload_jobs::JobRunner>,
     pub vault: Arc<Vault>,
     pub store: Store,
     pub kms: Arc<KmsRegistry>,

@@ -51,6 +51,21 @@ pub fn get(conn: &rusqlite::Connection, id: &str) -> Result<Option<Value>, Store
     text.map(parse).transpose()
 }
 
+/// The record an upload attempt made (`upload.upload_id`): its id, key id and ARN.
+pub fn by_upload_id(
+    conn: &rusqlite::Connection,
+    upload_id: &str,
+) -> Result<Option<(String, String, String)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id, key_id, arn FROM aws_keys WHERE json_extract(record, '$.upload.upload_id') = ?1 \
+             ORDER BY created_at LIMIT 1",
+            [upload_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?)
+}
+
 /// What the bridge needs to act on a record: where its key is, and the record itself.
 #[derive(Debug, Clone)]
 pub struct Located {

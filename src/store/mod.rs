@@ -8,6 +8,7 @@ pub mod history;
 pub mod refresh;
 pub mod sync_jobs;
 pub mod templates;
+pub mod upload_jobs;
 pub mod vault;
 
 use std::path::Path;
@@ -201,6 +202,45 @@ CREATE TABLE audit_seals (
     mac         BLOB NOT NULL,
     at          TEXT NOT NULL
 );
+"#,
+    // Bulk upload jobs and their items: one source key to one kms and Region at most once per
+    // job, each item naming the upload attempt it runs under.
+    r#"
+CREATE TABLE upload_jobs (
+    id          TEXT PRIMARY KEY,
+    name        TEXT,
+    actor       TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    total       INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    started_at  TEXT,
+    finished_at TEXT
+);
+CREATE INDEX upload_jobs_status ON upload_jobs(status);
+CREATE TABLE upload_job_items (
+    job_id      TEXT NOT NULL REFERENCES upload_jobs(id),
+    seq         INTEGER NOT NULL,
+    source_tier TEXT NOT NULL,
+    source_key  TEXT NOT NULL,
+    kms_id      TEXT NOT NULL,
+    region      TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    attempt_id  TEXT,
+    tries       INTEGER NOT NULL DEFAULT 0,
+    not_before  INTEGER NOT NULL DEFAULT 0,
+    record_id   TEXT,
+    key_id      TEXT,
+    arn         TEXT,
+    error       TEXT,
+    started_at  TEXT,
+    finished_at TEXT,
+    PRIMARY KEY (job_id, seq),
+    UNIQUE (job_id, source_tier, source_key, kms_id, region)
+);
+CREATE INDEX upload_job_items_state ON upload_job_items(state);
 "#,
 ];
 

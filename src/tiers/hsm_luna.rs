@@ -22,6 +22,63 @@ impl HsmLunaTier {
     pub fn new(tokens: Vec<Arc<Token>>) -> Self {
         Self { tokens }
     }
+
+    /// The labels of the secret and private keys in the source tokens that `matches` accepts,
+    /// each with the key spec it uploads as when that follows from the key alone (an AES-256
+    /// key, an HMAC key of a typed length, an RSA or EC private key AWS imports). Sorted, once
+    /// each.
+    pub async fn labelled(
+        &self,
+        matches: impl Fn(&str) -> bool + Clone + Send + 'static,
+    ) -> Result<Vec<(String, Option<KeySpec>)>, DomainError> {
+        if self.tokens.is_empty() {
+            return Err(DomainError::Invalid(
+                "source_key_tier hsm-luna: no source token (role = \"source\") is configured on this bridge".into(),
+            ));
+        }
+        let mut found = std::collections::BTreeMap::new();
+        for token in &self.tokens {
+            let m = matches.clone();
+            let keys = token
+                .run(move |s| {
+                    let mut out = Vec::new();
+                    for class in [ObjectClass::SECRET_KEY, ObjectClass::PRIVATE_KEY] {
+                        for h in ops::find_keys(s, class, None, None)? {
+                            let facts = ops::key_facts(s, h)?;
+                            if facts.label.is_empty() || !m(&facts.label) {
+                                continue;
+                            }
+                            let spec = if class == ObjectClass::PRIVATE_KEY {
+                                ops::private_key_kind(s, h)?.map(KeySpec::for_private_kind)
+                            } else {
+                                secret_spec(&facts)
+                            };
+                            out.push((facts.label, spec));
+                        }
+                    }
+                    Ok(out)
+                })
+                .await
+                .map_err(DomainError::token(&token.name))?;
+            for (label, spec) in keys {
+                found.entry(label).or_insert(spec);
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+}
+
+/// The spec a secret key uploads as, when its type and length say it.
+fn secret_spec(f: &KeyFacts) -> Option<KeySpec> {
+    let len = f.value_len?;
+    match f.key_type? {
+        k if k == KeyType::AES && len == 32 => Some(KeySpec::SymmetricDefault),
+        k if k == KeyType::SHA224_HMAC => Some(KeySpec::Hmac224),
+        k if k == KeyType::SHA256_HMAC => Some(KeySpec::Hmac256),
+        k if k == KeyType::SHA384_HMAC => Some(KeySpec::Hmac384),
+        k if k == KeyType::SHA512_HMAC => Some(KeySpec::Hmac512),
+        _ => None,
+    }
 }
 
 #[derive(Clone)]

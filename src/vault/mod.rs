@@ -117,6 +117,14 @@ impl VaultAlgorithm {
     }
 }
 
+/// The AWS key spec a vault key uploads as.
+pub fn upload_spec(row: &VaultKeyRow) -> Option<KeySpec> {
+    match Shape::of(row)? {
+        Shape::Private(kind) => Some(KeySpec::for_private_kind(kind)),
+        Shape::Secret { .. } => VaultAlgorithm::parse(&row.algorithm)?.secret_spec(),
+    }
+}
+
 /// What a vault key is, as the token sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -509,6 +517,23 @@ impl Vault {
             .store
             .call(move |c| crate::store::vault::get(c, &k))
             .await?)
+    }
+
+    /// Every vault key not deleted (a bulk job's selector looks through them).
+    pub async fn all_rows(&self) -> Result<Vec<VaultKeyRow>, DomainError> {
+        let f = ListFilter {
+            name: None,
+            algorithm: None,
+            id: None,
+            size: None,
+            skip: 0,
+            limit: u32::MAX,
+        };
+        Ok(self
+            .store
+            .call(move |c| crate::store::vault::list(c, &f))
+            .await?
+            .1)
     }
 
     pub async fn get(&self, id_or_name: &str) -> Result<Value, DomainError> {

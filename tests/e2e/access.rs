@@ -86,10 +86,29 @@ async fn each_role_reaches_exactly_its_routes() {
         (Method::GET, "/api/v1/vault/keys2", None, "reader"),
         (Method::GET, "/api/v1/vault/keys2/nope", None, "reader"),
         (Method::GET, "/api/v1/system/tokens", None, "reader"),
+        (Method::GET, "/api/v1/cckm/aws/upload-jobs", None, "reader"),
+        (
+            Method::GET,
+            "/api/v1/cckm/aws/upload-jobs/nope",
+            None,
+            "reader",
+        ),
         (
             Method::POST,
             "/api/v1/cckm/aws/upload-key",
             Some(json!({})),
+            "uploader",
+        ),
+        (
+            Method::POST,
+            "/api/v1/cckm/aws/upload-jobs",
+            Some(json!({})),
+            "uploader",
+        ),
+        (
+            Method::POST,
+            "/api/v1/cckm/aws/upload-jobs/nope/cancel",
+            None,
             "uploader",
         ),
         (

@@ -24,5 +24,6 @@ mod token_faults;
 mod token_keys;
 mod transport;
 mod upload;
+mod upload_jobs;
 mod validation;
 mod vault;

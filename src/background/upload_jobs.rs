@@ -1,0 +1,302 @@
+//! Runs bulk upload jobs: the oldest open job first, up to `jobs.concurrency` of its items at
+//! once, every AWS call paced by the request limiter. Each item is claimed under a new upload
+//! attempt id before its upload starts, so after a crash an item whose attempt completed is
+//! found done (by the record that attempt made) and any other runs again under a new attempt:
+//! a source key is uploaded to a kms and Region at most once per job, and the half-made key of
+//! an interrupted attempt is the cleaner's, as for any upload.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::cckm::request::UploadKeyBody;
+use crate::cckm::upload::Uploader;
+use crate::config::JobsConfig;
+use crate::store::upload_jobs::{self, Item, Outcome, item_state};
+use crate::store::{Store, StoreError, attempts, aws_keys};
+
+pub struct JobRunner {
+    pub uploader: Arc<Uploader>,
+    pub store: Store,
+    pub cfg: JobsConfig,
+    /// Woken when a job is submitted.
+    pub wake: Arc<Notify>,
+}
+
+/// Longest wait before a retried item runs again.
+const MAX_BACKOFF_SECS: i64 = 60;
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl JobRunner {
+    pub async fn run_forever(self: Arc<Self>) {
+        loop {
+            match self.resume().await {
+                Ok(n) if n > 0 => tracing::info!(
+                    items = n,
+                    "upload job items of a previous run looked at again"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "could not resume upload jobs; trying again");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            }
+            break;
+        }
+        loop {
+            let jobs = match self.store.call(|c| upload_jobs::runnable(c)).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not list upload jobs");
+                    Vec::new()
+                }
+            };
+            let mut wait = Duration::from_secs(30);
+            for job in jobs {
+                if let Some(next) = self.run_job(&job).await {
+                    wait = wait.min(next);
+                }
+            }
+            self.publish_counts().await;
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Items a previous process left running: done if their attempt completed, else pending
+    /// again. Answers how many it looked at.
+    async fn resume(&self) -> Result<usize, StoreError> {
+        self.store
+            .call(|c| {
+                let running = upload_jobs::running(c)?;
+                for it in &running {
+                    let Some(attempt) = it.upload_id.as_deref() else {
+                        continue;
+                    };
+                    let completed = attempts::get(c, attempt)?
+                        .is_some_and(|a| a.state == attempts::state::COMPLETED);
+                    match completed
+                        .then(|| aws_keys::by_upload_id(c, attempt))
+                        .transpose()?
+                        .flatten()
+                    {
+                        Some((record_id, key_id, arn)) => {
+                            tracing::info!(job = %it.job_id, item = it.seq, %key_id, "upload job item was uploaded before the restart");
+                            upload_jobs::finish_item(
+                                c,
+                                &it.job_id,
+                                it.seq,
+                                attempt,
+                                &Outcome::Completed {
+                                    record_id: &record_id,
+                                    key_id: &key_id,
+                                    arn: &arn,
+                                },
+                            )?;
+                        }
+                        None => upload_jobs::requeue(c, &it.job_id, it.seq, attempt)?,
+                    }
+                }
+                Ok(running.len())
+            })
+            .await
+    }
+
+    /// Works a job until no item can start now; answers when to look again if some wait
+    /// for a retry.
+    async fn run_job(&self, job: &str) -> Option<Duration> {
+        let mut running = JoinSet::new();
+        loop {
+            while running.len() < self.cfg.concurrency {
+                let j = job.to_owned();
+                let claimed = self
+                    .store
+                    .call_relaxed(move |c| upload_jobs::claim(c, &j, now_unix()))
+                    .await;
+                match claimed {
+                    Ok(Some(item)) => {
+                        let me = Worker {
+                            uploader: self.uploader.clone(),
+                            store: self.store.clone(),
+                            item_attempts: self.cfg.item_attempts,
+                        };
+                        running.spawn(async move { me.run(item).await });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(job, error = %e, "could not claim an upload job item");
+                        break;
+                    }
+                }
+            }
+            if running.join_next().await.is_none() {
+                break;
+            }
+            self.publish_counts().await;
+        }
+        let j = job.to_owned();
+        let next = self
+            .store
+            .call(move |c| {
+                if upload_jobs::finish_if_done(c, &j)? {
+                    return Ok(None);
+                }
+                // Items wait for a retry, or one's outcome could not be recorded.
+                Ok(Some(
+                    upload_jobs::next_due(c, &j)?.unwrap_or(now_unix() + 30),
+                ))
+            })
+            .await;
+        match next {
+            Ok(None) => {
+                tracing::info!(job, "upload job ended");
+                None
+            }
+            Ok(Some(at)) => Some(Duration::from_secs((at - now_unix()).clamp(1, 60) as u64)),
+            Err(e) => {
+                tracing::error!(job, error = %e, "could not update the upload job");
+                Some(Duration::from_secs(5))
+            }
+        }
+    }
+
+    async fn publish_counts(&self) {
+        if let Ok(counts) = self.store.call(|c| upload_jobs::open_counts(c)).await {
+            let m = crate::metrics::get();
+            for s in [
+                item_state::PENDING,
+                item_state::RUNNING,
+                item_state::COMPLETED,
+                item_state::FAILED,
+                item_state::CANCELLED,
+            ] {
+                let n = counts
+                    .iter()
+                    .find(|(state, _)| state == s)
+                    .map_or(0, |(_, n)| *n);
+                m.job_items_open
+                    .get_or_create(&crate::metrics::StateLabels {
+                        state: s.to_owned(),
+                    })
+                    .set(n as i64);
+            }
+        }
+    }
+}
+
+struct Worker {
+    uploader: Arc<Uploader>,
+    store: Store,
+    item_attempts: u32,
+}
+
+impl Worker {
+    async fn run(self, item: Item) {
+        let span = tracing::info_span!("upload_job_item", job = %item.job_id, item = item.seq);
+        self.run_item(item).instrument(span).await
+    }
+
+    async fn run_item(self, item: Item) {
+        let Some(attempt) = item.upload_id.clone() else {
+            return;
+        };
+        let parsed: Result<UploadKeyBody, _> = serde_json::from_str(&item.body);
+        let (actor, request_id) = (
+            format!("upload-job:{}", item.job_id),
+            format!("{}#{}", item.job_id, item.seq),
+        );
+        let started = std::time::Instant::now();
+        let result = match parsed {
+            Ok(body) => {
+                let spec = body
+                    .aws_param
+                    .as_ref()
+                    .and_then(|p| p.CustomerMasterKeySpec.clone())
+                    .unwrap_or_else(|| "SYMMETRIC_DEFAULT".into());
+                let r = self
+                    .uploader
+                    .upload_as(body, &request_id, &actor, Some(attempt.clone()))
+                    .await;
+                crate::metrics::get().upload_done(
+                    &item.source_key_tier,
+                    crate::cckm::spec::KeySpec::parse(&spec).map_or("invalid", |s| s.as_str()),
+                    r.is_ok(),
+                    started.elapsed(),
+                );
+                r
+            }
+            Err(e) => Err(crate::error::DomainError::Internal(format!(
+                "the stored item is unreadable: {e}"
+            ))),
+        };
+        let (done_label, outcome_owned) = match result {
+            Ok(record) => {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                (
+                    "completed",
+                    Owned::Completed(
+                        s(&record["id"]),
+                        s(&record["aws_param"]["KeyID"]),
+                        s(&record["aws_param"]["Arn"]),
+                    ),
+                )
+            }
+            Err(e) if e.is_transient() && item.tries < self.item_attempts => {
+                let backoff = (1i64 << item.tries.min(6)).min(MAX_BACKOFF_SECS);
+                tracing::warn!(job = %item.job_id, item = item.seq, tries = item.tries, error = %e.public_message(), "upload job item failed; it runs again");
+                (
+                    "retried",
+                    Owned::Retry(e.public_message(), now_unix() + backoff),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(job = %item.job_id, item = item.seq, error = %e.public_message(), "upload job item failed");
+                ("failed", Owned::Failed(e.public_message()))
+            }
+        };
+        crate::metrics::get()
+            .job_items_done
+            .get_or_create(&crate::metrics::StateLabels {
+                state: done_label.to_owned(),
+            })
+            .inc();
+        let (job, seq) = (item.job_id.clone(), item.seq);
+        // Not made durable on its own: a completed upload is found again by its attempt.
+        let r = self
+            .store
+            .call_relaxed(move |c| {
+                let o = match &outcome_owned {
+                    Owned::Completed(r, k, a) => Outcome::Completed {
+                        record_id: r,
+                        key_id: k,
+                        arn: a,
+                    },
+                    Owned::Failed(e) => Outcome::Failed(e),
+                    Owned::Retry(e, at) => Outcome::Retry {
+                        error: e,
+                        not_before: *at,
+                    },
+                };
+                upload_jobs::finish_item(c, &job, seq, &attempt, &o)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(job = %item.job_id, item = item.seq, error = %e, "could not record the item's outcome");
+        }
+    }
+}
+
+enum Owned {
+    Completed(String, String, String),
+    Failed(String),
+    Retry(String, i64),
+}

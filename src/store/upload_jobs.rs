@@ -1,0 +1,459 @@
+//! Bulk upload jobs: the job and one row per item (a source key to one kms and Region), each
+//! item carrying the id of the upload attempt it runs, so that after a crash the bridge can
+//! tell an item whose upload completed from one that must run again.
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{StoreError, now_rfc3339};
+
+pub mod status {
+    pub const QUEUED: &str = "queued";
+    pub const IN_PROGRESS: &str = "in_progress";
+    pub const COMPLETED: &str = "completed";
+    pub const CANCELLED: &str = "cancelled";
+}
+
+pub mod item_state {
+    pub const PENDING: &str = "pending";
+    pub const RUNNING: &str = "running";
+    pub const COMPLETED: &str = "completed";
+    pub const FAILED: &str = "failed";
+    pub const CANCELLED: &str = "cancelled";
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub name: Option<String>,
+    pub actor: String,
+    #[serde(rename = "requestID")]
+    pub request_id: String,
+    pub status: String,
+    pub total: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Items by state.
+    pub pending: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// When the first and the last item ended (for the rate).
+    pub first_item_done_at: Option<String>,
+    pub last_item_done_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    #[serde(skip)]
+    pub job_id: String,
+    pub seq: u64,
+    pub source_key_tier: String,
+    pub source_key_identifier: String,
+    pub kms_id: String,
+    pub region: String,
+    #[serde(skip)]
+    pub body: String,
+    pub state: String,
+    pub upload_id: Option<String>,
+    pub tries: u32,
+    pub record_id: Option<String>,
+    pub key_id: Option<String>,
+    pub arn: Option<String>,
+    pub error: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub name: Option<&'a str>,
+    pub actor: &'a str,
+    pub request_id: &'a str,
+}
+
+pub struct NewItem {
+    pub source_tier: String,
+    pub source_key: String,
+    pub kms_id: String,
+    pub region: String,
+    /// The upload body, as JSON.
+    pub body: String,
+}
+
+const ITEM_COLUMNS: &str = "job_id, seq, source_tier, source_key, kms_id, region, body, state, \
+    attempt_id, tries, record_id, key_id, arn, error, started_at, finished_at";
+
+fn item_row(r: &Row<'_>) -> rusqlite::Result<Item> {
+    Ok(Item {
+        job_id: r.get(0)?,
+        seq: r.get(1)?,
+        source_key_tier: r.get(2)?,
+        source_key_identifier: r.get(3)?,
+        kms_id: r.get(4)?,
+        region: r.get(5)?,
+        body: r.get(6)?,
+        state: r.get(7)?,
+        upload_id: r.get(8)?,
+        tries: r.get(9)?,
+        record_id: r.get(10)?,
+        key_id: r.get(11)?,
+        arn: r.get(12)?,
+        error: r.get(13)?,
+        started_at: r.get(14)?,
+        finished_at: r.get(15)?,
+    })
+}
+
+/// The job and all its items, in one transaction: a job is never seen half-made. A second
+/// item for the same source key, kms and Region is refused by the table itself.
+pub fn create(
+    conn: &mut rusqlite::Connection,
+    job: &NewJob<'_>,
+    items: &[NewItem],
+) -> Result<(), StoreError> {
+    let now = now_rfc3339();
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO upload_jobs (id, name, actor, request_id, status, total, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        params![
+            job.id,
+            job.name,
+            job.actor,
+            job.request_id,
+            status::QUEUED,
+            items.len() as u64,
+            now
+        ],
+    )?;
+    {
+        let mut stmt = tx.prepare(
+            "INSERT INTO upload_job_items (job_id, seq, source_tier, source_key, kms_id, region, body, state) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for (i, it) in items.iter().enumerate() {
+            stmt.execute(params![
+                job.id,
+                i as u64 + 1,
+                it.source_tier,
+                it.source_key,
+                it.kms_id,
+                it.region,
+                it.body,
+                item_state::PENDING
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+const JOB_SELECT: &str = "SELECT j.id, j.name, j.actor, j.request_id, j.status, j.total, j.created_at, \
+    j.updated_at, j.started_at, j.finished_at, \
+    (SELECT COUNT(*) FROM upload_job_items i WHERE i.job_id = j.id AND i.state = 'pending'), \
+    (SELECT COUNT(*) FROM upload_job_items i WHERE i.job_id = j.id AND i.state = 'running'), \
+    (SELECT COUNT(*) FROM upload_job_items i WHERE i.job_id = j.id AND i.state = 'completed'), \
+    (SELECT COUNT(*) FROM upload_job_items i WHERE i.job_id = j.id AND i.state = 'failed'), \
+    (SELECT COUNT(*) FROM upload_job_items i WHERE i.job_id = j.id AND i.state = 'cancelled'), \
+    (SELECT MIN(finished_at) FROM upload_job_items i WHERE i.job_id = j.id AND i.state IN ('completed', 'failed')), \
+    (SELECT MAX(finished_at) FROM upload_job_items i WHERE i.job_id = j.id AND i.state IN ('completed', 'failed')) \
+    FROM upload_jobs j";
+
+fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        actor: r.get(2)?,
+        request_id: r.get(3)?,
+        status: r.get(4)?,
+        total: r.get(5)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+        started_at: r.get(8)?,
+        finished_at: r.get(9)?,
+        pending: r.get(10)?,
+        running: r.get(11)?,
+        completed: r.get(12)?,
+        failed: r.get(13)?,
+        cancelled: r.get(14)?,
+        first_item_done_at: r.get(15)?,
+        last_item_done_at: r.get(16)?,
+    })
+}
+
+pub fn get(conn: &rusqlite::Connection, id: &str) -> Result<Option<Job>, StoreError> {
+    Ok(conn
+        .query_row(&format!("{JOB_SELECT} WHERE j.id = ?1"), [id], job_row)
+        .optional()?)
+}
+
+pub fn list(
+    conn: &rusqlite::Connection,
+    skip: u32,
+    limit: u32,
+) -> Result<(u64, Vec<Job>), StoreError> {
+    let total: u64 = conn.query_row("SELECT COUNT(*) FROM upload_jobs", [], |r| r.get(0))?;
+    let mut stmt = conn.prepare(&format!(
+        "{JOB_SELECT} ORDER BY j.created_at DESC, j.id LIMIT ?1 OFFSET ?2"
+    ))?;
+    let rows = stmt
+        .query_map(params![limit, skip], job_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((total, rows))
+}
+
+/// Items of a job in order, `state` (if given) only.
+pub fn items(
+    conn: &rusqlite::Connection,
+    job: &str,
+    state: Option<&str>,
+    skip: u32,
+    limit: u32,
+) -> Result<Vec<Item>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ITEM_COLUMNS} FROM upload_job_items WHERE job_id = ?1 AND (?2 IS NULL OR state = ?2) \
+         ORDER BY seq LIMIT ?3 OFFSET ?4"
+    ))?;
+    let rows = stmt
+        .query_map(params![job, state, limit, skip], item_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Jobs with work left, oldest first.
+pub fn runnable(conn: &rusqlite::Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT id FROM upload_jobs WHERE status IN (?1, ?2) ORDER BY created_at, id")?;
+    let rows = stmt
+        .query_map(params![status::QUEUED, status::IN_PROGRESS], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(rows)
+}
+
+/// Takes the next pending item of a running job whose retry time has come: it is marked
+/// running under a new upload attempt id, which the upload then uses. Nothing is due: `None`.
+pub fn claim(
+    conn: &mut rusqlite::Connection,
+    job: &str,
+    now_unix: i64,
+) -> Result<Option<Item>, StoreError> {
+    let tx = conn.transaction()?;
+    let open: Option<String> = tx
+        .query_row("SELECT status FROM upload_jobs WHERE id = ?1", [job], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if !matches!(open.as_deref(), Some(status::QUEUED | status::IN_PROGRESS)) {
+        return Ok(None);
+    }
+    let seq: Option<u64> = tx
+        .query_row(
+            "SELECT seq FROM upload_job_items WHERE job_id = ?1 AND state = ?2 AND not_before <= ?3 \
+             ORDER BY seq LIMIT 1",
+            params![job, item_state::PENDING, now_unix],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(seq) = seq else {
+        return Ok(None);
+    };
+    let now = now_rfc3339();
+    let attempt = uuid::Uuid::new_v4().to_string();
+    tx.execute(
+        "UPDATE upload_job_items SET state = ?3, attempt_id = ?4, tries = tries + 1, \
+         started_at = COALESCE(started_at, ?5) WHERE job_id = ?1 AND seq = ?2",
+        params![job, seq, item_state::RUNNING, attempt, now],
+    )?;
+    tx.execute(
+        "UPDATE upload_jobs SET status = ?2, started_at = COALESCE(started_at, ?3), updated_at = ?3 \
+         WHERE id = ?1",
+        params![job, status::IN_PROGRESS, now],
+    )?;
+    let item = tx.query_row(
+        &format!("SELECT {ITEM_COLUMNS} FROM upload_job_items WHERE job_id = ?1 AND seq = ?2"),
+        params![job, seq],
+        item_row,
+    )?;
+    tx.commit()?;
+    Ok(Some(item))
+}
+
+/// The earliest time (unix seconds) a pending item of the job may run, if one is pending.
+pub fn next_due(conn: &rusqlite::Connection, job: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn.query_row(
+        "SELECT MIN(not_before) FROM upload_job_items WHERE job_id = ?1 AND state = ?2",
+        params![job, item_state::PENDING],
+        |r| r.get(0),
+    )?)
+}
+
+/// How a running item ended.
+pub enum Outcome<'a> {
+    Completed {
+        record_id: &'a str,
+        key_id: &'a str,
+        arn: &'a str,
+    },
+    Failed(&'a str),
+    /// Failed for a reason that may pass: run again at `not_before` (unix seconds).
+    Retry {
+        error: &'a str,
+        not_before: i64,
+    },
+}
+
+/// Records the end of the item's run under `attempt` (and nothing if the item has moved on
+/// since, which only a resumed job can do).
+pub fn finish_item(
+    conn: &rusqlite::Connection,
+    job: &str,
+    seq: u64,
+    attempt: &str,
+    outcome: &Outcome<'_>,
+) -> Result<(), StoreError> {
+    let now = now_rfc3339();
+    match outcome {
+        Outcome::Completed {
+            record_id,
+            key_id,
+            arn,
+        } => conn.execute(
+            "UPDATE upload_job_items SET state = ?4, record_id = ?5, key_id = ?6, arn = ?7, \
+             error = NULL, finished_at = ?8 WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3",
+            params![
+                job,
+                seq,
+                attempt,
+                item_state::COMPLETED,
+                record_id,
+                key_id,
+                arn,
+                now
+            ],
+        )?,
+        Outcome::Failed(error) => conn.execute(
+            "UPDATE upload_job_items SET state = ?4, error = ?5, finished_at = ?6 \
+             WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3",
+            params![job, seq, attempt, item_state::FAILED, error, now],
+        )?,
+        // A cancelled job takes no more runs: the item ends cancelled instead.
+        Outcome::Retry { error, not_before } => conn.execute(
+            "UPDATE upload_job_items SET state = CASE WHEN (SELECT status FROM upload_jobs WHERE id = ?1) = ?7 \
+             THEN ?8 ELSE ?4 END, error = ?5, not_before = ?6 \
+             WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3",
+            params![
+                job,
+                seq,
+                attempt,
+                item_state::PENDING,
+                error,
+                not_before,
+                status::CANCELLED,
+                item_state::CANCELLED
+            ],
+        )?,
+    };
+    conn.execute(
+        "UPDATE upload_jobs SET updated_at = ?2 WHERE id = ?1",
+        params![job, now],
+    )?;
+    Ok(())
+}
+
+/// Ends the job once no item is pending or running. Answers whether it ended now.
+pub fn finish_if_done(conn: &rusqlite::Connection, job: &str) -> Result<bool, StoreError> {
+    let now = now_rfc3339();
+    Ok(conn.execute(
+        "UPDATE upload_jobs SET status = ?2, updated_at = ?3, finished_at = ?3 \
+         WHERE id = ?1 AND status IN (?4, ?5) AND NOT EXISTS \
+         (SELECT 1 FROM upload_job_items WHERE job_id = ?1 AND state IN (?6, ?7))",
+        params![
+            job,
+            status::COMPLETED,
+            now,
+            status::QUEUED,
+            status::IN_PROGRESS,
+            item_state::PENDING,
+            item_state::RUNNING
+        ],
+    )? == 1)
+}
+
+/// Stops a job: its pending items are cancelled at once; items already running finish (an
+/// upload is never cut short half-way). Answers whether the job was still open.
+pub fn cancel(conn: &mut rusqlite::Connection, id: &str) -> Result<bool, StoreError> {
+    let now = now_rfc3339();
+    let tx = conn.transaction()?;
+    let changed = tx.execute(
+        "UPDATE upload_jobs SET status = ?2, updated_at = ?3, finished_at = ?3 \
+         WHERE id = ?1 AND status IN (?4, ?5)",
+        params![
+            id,
+            status::CANCELLED,
+            now,
+            status::QUEUED,
+            status::IN_PROGRESS
+        ],
+    )? == 1;
+    if changed {
+        tx.execute(
+            "UPDATE upload_job_items SET state = ?2, finished_at = ?3 WHERE job_id = ?1 AND state = ?4",
+            params![id, item_state::CANCELLED, now, item_state::PENDING],
+        )?;
+    }
+    tx.commit()?;
+    Ok(changed)
+}
+
+/// Items a previous process left running: each is found completed (its attempt completed) or
+/// set pending again, to run under a new attempt.
+pub fn running(conn: &rusqlite::Connection) -> Result<Vec<Item>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ITEM_COLUMNS} FROM upload_job_items WHERE state = ?1 ORDER BY job_id, seq"
+    ))?;
+    let rows = stmt
+        .query_map([item_state::RUNNING], item_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// A running item whose attempt never completed goes back to pending.
+pub fn requeue(
+    conn: &rusqlite::Connection,
+    job: &str,
+    seq: u64,
+    attempt: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE upload_job_items SET state = CASE WHEN (SELECT status FROM upload_jobs WHERE id = ?1) = ?5 \
+         THEN ?6 ELSE ?4 END, not_before = 0 WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3 AND state = ?7",
+        params![
+            job,
+            seq,
+            attempt,
+            item_state::PENDING,
+            status::CANCELLED,
+            item_state::CANCELLED,
+            item_state::RUNNING
+        ],
+    )?;
+    Ok(())
+}
+
+/// Item counts over every open job, by state (for the metrics).
+pub fn open_counts(conn: &rusqlite::Connection) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT i.state, COUNT(*) FROM upload_job_items i JOIN upload_jobs j ON j.id = i.job_id \
+         WHERE j.status IN (?1, ?2) GROUP BY i.state",
+    )?;
+    let rows = stmt
+        .query_map(params![status::QUEUED, status::IN_PROGRESS], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
