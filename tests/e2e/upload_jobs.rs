@@ -352,3 +352,60 @@ async fn jobs_are_checked_whole_cancelled_on_request_and_followed_by_the_cli() {
     }
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_of_source_token_keys_by_label_uploads_each_to_every_region() {
+    let tokens = Tokens::new();
+    let mut materials = HashMap::new();
+    for i in 0..3 {
+        let m = secret(32);
+        put_secret(&tokens.source, &format!("sel-{i}"), Kind::Aes, &m, true);
+        materials.insert(format!("sel-{i}"), m);
+    }
+    // Not matched: another label, and an HMAC key whose spec the job would have to be told.
+    put_secret(&tokens.source, "other-0", Kind::Aes, &secret(32), true);
+    put_secret(&tokens.source, "selh-0", Kind::Hmac, &secret(32), true);
+    // Keys are in the token before the daemon opens it (see FIELD-NOTES on kryoptic).
+    let b = Bridge::start(&tokens, Opts::default()).await;
+    let (s, r) = b
+        .post(
+            "/api/v1/cckm/aws/upload-jobs",
+            &json!({"selector": {"source_key_tier": "hsm-luna", "label_pattern": "sel*"},
+                    "targets": [{"kms": b.kms_name}]}),
+        )
+        .await;
+    assert_error(s, &r, 400, "selh-0");
+    let (s, created) = b
+        .post(
+            "/api/v1/cckm/aws/upload-jobs",
+            &json!({"selector": {"source_key_tier": "hsm-luna", "label_pattern": "sel-?"},
+                    "targets": [{"kms": b.kms_name}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    // Three keys to both Regions of the connection.
+    assert_eq!(created["total"], 6, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let j = wait_until(&b, &id, Duration::from_secs(120), ended).await;
+    assert_eq!(
+        (j["completed"].as_u64(), j["failed"].as_u64()),
+        (Some(6), Some(0)),
+        "{j:#}"
+    );
+    let mut seen = HashSet::new();
+    for it in j["items"].as_array().expect("items") {
+        let (label, region) = (
+            it["source_key_identifier"].as_str().expect("label"),
+            it["region"].as_str().expect("region"),
+        );
+        assert!(seen.insert((label.to_owned(), region.to_owned())), "{j:#}");
+        prove_aes(
+            &b.kms_in(region).await,
+            it["key_id"].as_str().expect("key"),
+            &materials[label],
+        )
+        .await;
+    }
+    assert_eq!(seen.len(), 6);
+    b.finish().await;
+}
