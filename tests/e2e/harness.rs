@@ -949,6 +949,19 @@ request_quotas = {quotas}
         )
     }
 
+    /// `GET /metrics` as a reader: the Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.text().await.expect("body")
+    }
+
     /// A KMS client for this daemon's account, straight to the emulator.
     pub async fn kms(&self) -> KmsClient {
         kms_client(&self.account, REGION).await

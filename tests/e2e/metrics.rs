@@ -8,10 +8,10 @@ use serde_json::json;
 use crate::harness::*;
 
 /// One sample: metric name, labels, value.
-type Sample = (String, BTreeMap<String, String>, f64);
+pub type Sample = (String, BTreeMap<String, String>, f64);
 
 /// Parses the text exposition strictly enough that a malformed line fails the test.
-fn parse(text: &str) -> Vec<Sample> {
+pub fn parse(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     assert!(
         text.trim_end().ends_with("# EOF"),
@@ -67,7 +67,7 @@ fn parse(text: &str) -> Vec<Sample> {
     out
 }
 
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|(n, l, _)| {

@@ -131,15 +131,7 @@ async fn a_request_quota_paces_uploads_and_none_fails_on_throttling() {
     assert!(rate <= 1.3 * QUOTA, "{rate:.2}/s");
     let (s, m) = b.get("/api/v1/cckm/aws/keys").await;
     assert_eq!(s, StatusCode::OK, "{m}");
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", b.url))
-        .bearer_auth(&b.token)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = b.metrics_text().await;
     assert!(
         text.lines()
             .any(|l| l.starts_with("hsm_bridge_kms_throttles_total{")

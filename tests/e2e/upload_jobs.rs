@@ -170,32 +170,26 @@ async fn a_40_key_job_keeps_to_the_quota_and_fails_no_item() {
     assert_eq!(rec["aws_param"]["Description"], "bulk");
 
     // The metrics count the job's items and uploads.
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", b.url))
-        .bearer_auth(&b.token)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
-    let value = |prefix: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let m = crate::metrics::parse(&b.metrics_text().await);
     assert_eq!(
-        value("hsm_bridge_upload_job_items_done_total{state=\"completed\"}"),
-        40.0,
-        "{text}"
+        crate::metrics::value(
+            &m,
+            "hsm_bridge_upload_job_items_done_total",
+            &[("state", "completed")]
+        ),
+        40.0
     );
     assert_eq!(
-        value(
-            "hsm_bridge_uploads_total{tier=\"local\",key_spec=\"SYMMETRIC_DEFAULT\",outcome=\"success\"}"
+        crate::metrics::value(
+            &m,
+            "hsm_bridge_uploads_total",
+            &[
+                ("tier", "local"),
+                ("key_spec", "SYMMETRIC_DEFAULT"),
+                ("outcome", "success")
+            ]
         ),
-        40.0,
-        "{text}"
+        40.0
     );
     b.finish().await;
 }
