@@ -87,7 +87,8 @@ pub struct NewAttempt {
 
 pub fn begin(conn: &rusqlite::Connection, a: &NewAttempt) -> Result<(), StoreError> {
     let now = now_rfc3339();
-    conn.execute(
+    super::exec(
+        conn,
         "INSERT INTO upload_attempts (id, request_id, kms_id, kms_name, region, source_tier, source_key, \
          alias, stage, state, created_at, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?10,'CreateKey',?8,?9,?9)",
         params![
@@ -112,7 +113,8 @@ pub fn key_created(
     key_id: &str,
     arn: &str,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    super::exec(
+        conn,
         "UPDATE upload_attempts SET aws_key_id = ?2, aws_key_arn = ?3, state = ?4, updated_at = ?5 WHERE id = ?1",
         params![id, key_id, arn, state::IN_PROGRESS, now_rfc3339()],
     )?;
@@ -120,7 +122,8 @@ pub fn key_created(
 }
 
 pub fn set_key(conn: &rusqlite::Connection, id: &str, key_id: &str) -> Result<(), StoreError> {
-    conn.execute(
+    super::exec(
+        conn,
         "UPDATE upload_attempts SET aws_key_id = COALESCE(aws_key_id, ?2) WHERE id = ?1",
         params![id, key_id],
     )?;
@@ -128,7 +131,8 @@ pub fn set_key(conn: &rusqlite::Connection, id: &str, key_id: &str) -> Result<()
 }
 
 pub fn stage(conn: &rusqlite::Connection, id: &str, stage: &str) -> Result<(), StoreError> {
-    conn.execute(
+    super::exec(
+        conn,
         "UPDATE upload_attempts SET stage = ?2, updated_at = ?3 WHERE id = ?1",
         params![id, stage, now_rfc3339()],
     )?;
@@ -137,7 +141,8 @@ pub fn stage(conn: &rusqlite::Connection, id: &str, stage: &str) -> Result<(), S
 
 /// Marks an in-progress upload completed; `false` if it is no longer in progress.
 pub fn complete(conn: &rusqlite::Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(conn.execute(
+    Ok(super::exec(
+        conn,
         "UPDATE upload_attempts SET state = ?2, updated_at = ?3 WHERE id = ?1 AND state = ?4",
         params![id, state::COMPLETED, now_rfc3339(), state::IN_PROGRESS],
     )? > 0)
@@ -145,7 +150,8 @@ pub fn complete(conn: &rusqlite::Connection, id: &str) -> Result<bool, StoreErro
 
 /// The cleaner takes an attempt only if nobody changed it since it was read.
 pub fn claim(conn: &rusqlite::Connection, a: &Attempt) -> Result<bool, StoreError> {
-    Ok(conn.execute(
+    Ok(super::exec(
+        conn,
         "UPDATE upload_attempts SET state = ?2, updated_at = ?3 \
          WHERE id = ?1 AND state = ?4 AND updated_at = ?5",
         params![a.id, state::CLEANING, now_rfc3339(), a.state, a.updated_at],
@@ -158,7 +164,8 @@ pub fn finish(
     new_state: &str,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    super::exec(
+        conn,
         "UPDATE upload_attempts SET state = ?2, error = COALESCE(?3, error), updated_at = ?4 WHERE id = ?1",
         params![id, new_state, error, now_rfc3339()],
     )?;
@@ -172,12 +179,14 @@ pub fn cleanup_result(
 ) -> Result<(), StoreError> {
     let now = now_rfc3339();
     match outcome {
-        Ok(deletion_date) => conn.execute(
+        Ok(deletion_date) => super::exec(
+            conn,
             "UPDATE upload_attempts SET state = ?2, deletion_date = ?3, cleanup_error = NULL, \
              cleanup_tries = cleanup_tries + 1, updated_at = ?4 WHERE id = ?1",
             params![id, state::CLEANED, deletion_date, now],
         )?,
-        Err(e) => conn.execute(
+        Err(e) => super::exec(
+            conn,
             "UPDATE upload_attempts SET state = ?2, cleanup_error = ?3, cleanup_tries = cleanup_tries + 1, \
              updated_at = ?4 WHERE id = ?1",
             params![id, state::CLEANUP_PENDING, e, now],
@@ -188,7 +197,8 @@ pub fn cleanup_result(
 
 /// CreateKey's answer was lost; the key was found by its tag.
 pub fn mark_uncertain(conn: &rusqlite::Connection, id: &str) -> Result<(), StoreError> {
-    conn.execute(
+    super::exec(
+        conn,
         "UPDATE upload_attempts SET create_uncertain = 1, updated_at = ?2 WHERE id = ?1",
         params![id, now_rfc3339()],
     )?;
@@ -207,7 +217,8 @@ pub fn uncertain_completed(conn: &rusqlite::Connection) -> Result<Vec<Attempt>, 
 }
 
 pub fn clear_uncertain(conn: &rusqlite::Connection, id: &str) -> Result<(), StoreError> {
-    conn.execute(
+    super::exec(
+        conn,
         "UPDATE upload_attempts SET create_uncertain = 0 WHERE id = ?1",
         [id],
     )?;

@@ -77,10 +77,21 @@ pub fn append(conn: &mut rusqlite::Connection, e: &Event) -> Result<i64, StoreEr
         seq,
         [&at, &e.actor, &e.action, &e.outcome, &e.request_id, &detail],
     );
-    tx.execute(
+    super::exec(
+        &tx,
         "INSERT INTO audit_log (seq, at, actor, action, outcome, request_id, detail, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![seq, at, e.actor, e.action, e.outcome, e.request_id, detail, prev, hash],
+        params![
+            seq,
+            at,
+            e.actor,
+            e.action,
+            e.outcome,
+            e.request_id,
+            detail,
+            prev,
+            hash
+        ],
     )?;
     tx.commit()?;
     Ok(seq)
@@ -153,7 +164,8 @@ pub fn seal(
     hash: &[u8],
     mac: &[u8],
 ) -> Result<(), StoreError> {
-    conn.execute(
+    super::exec(
+        conn,
         "INSERT OR IGNORE INTO audit_seals (seq, hash, mac, at) VALUES (?1, ?2, ?3, ?4)",
         params![seq, hash, mac, now_rfc3339()],
     )?;

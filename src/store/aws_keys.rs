@@ -17,7 +17,8 @@ pub struct AwsKeyRow<'a> {
 }
 
 pub fn insert(conn: &rusqlite::Connection, r: &AwsKeyRow<'_>) -> Result<(), StoreError> {
-    conn.execute(
+    super::exec(
+        conn,
         "INSERT INTO aws_keys (id, key_id, arn, kms_id, region, aliases, record, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
         params![
@@ -106,7 +107,8 @@ pub fn update(
     aliases: &[String],
     updated_at: &str,
 ) -> Result<bool, StoreError> {
-    Ok(conn.execute(
+    Ok(super::exec(
+        conn,
         "UPDATE aws_keys SET record = ?2, aliases = ?3, updated_at = ?4 WHERE id = ?1",
         params![
             id,
@@ -118,7 +120,7 @@ pub fn update(
 }
 
 pub fn delete(conn: &rusqlite::Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(conn.execute("DELETE FROM aws_keys WHERE id = ?1", [id])? == 1)
+    Ok(super::exec(conn, "DELETE FROM aws_keys WHERE id = ?1", [id])? == 1)
 }
 
 /// The ids of the records in the given kms connections and regions (empty: all), oldest

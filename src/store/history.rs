@@ -22,7 +22,8 @@ pub struct Entry {
 }
 
 pub fn append(conn: &rusqlite::Connection, e: &Entry) -> Result<(), StoreError> {
-    conn.execute(
+    super::exec(
+        conn,
         "INSERT INTO key_history (id, record_id, key_id, action, actor, request_id, outcome, \
          aws_calls, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![

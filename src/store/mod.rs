@@ -266,6 +266,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(64);
         migrate(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -297,15 +298,28 @@ impl Store {
         T: Send + 'static,
     {
         self.call(move |c| {
-            c.pragma_update(None, "synchronous", "NORMAL")?;
+            c.prepare_cached("PRAGMA synchronous = NORMAL")?
+                .execute([])?;
             let out = f(c);
-            let back = c.pragma_update(None, "synchronous", "FULL");
+            let back = c
+                .prepare_cached("PRAGMA synchronous = FULL")
+                .and_then(|mut s| s.execute([]));
             let out = out?;
             back?;
             Ok(out)
         })
         .await
     }
+}
+
+/// `Connection::execute` with the statement kept prepared: the upload path runs the same few
+/// statements every time, and parsing them again cost more than running them.
+pub(crate) fn exec(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -117,7 +117,8 @@ pub fn create(
 ) -> Result<(), StoreError> {
     let now = now_rfc3339();
     let tx = conn.transaction()?;
-    tx.execute(
+    super::exec(
+        &tx,
         "INSERT INTO upload_jobs (id, name, actor, request_id, status, total, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
         params![
@@ -263,12 +264,14 @@ pub fn claim(
     };
     let now = now_rfc3339();
     let attempt = uuid::Uuid::new_v4().to_string();
-    tx.execute(
+    super::exec(
+        &tx,
         "UPDATE upload_job_items SET state = ?3, attempt_id = ?4, tries = tries + 1, \
          started_at = COALESCE(started_at, ?5) WHERE job_id = ?1 AND seq = ?2",
         params![job, seq, item_state::RUNNING, attempt, now],
     )?;
-    tx.execute(
+    super::exec(
+        &tx,
         "UPDATE upload_jobs SET status = ?2, started_at = COALESCE(started_at, ?3), updated_at = ?3 \
          WHERE id = ?1",
         params![job, status::IN_PROGRESS, now],
@@ -321,7 +324,8 @@ pub fn finish_item(
             record_id,
             key_id,
             arn,
-        } => conn.execute(
+        } => super::exec(
+            conn,
             "UPDATE upload_job_items SET state = ?4, record_id = ?5, key_id = ?6, arn = ?7, \
              error = NULL, finished_at = ?8 WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3",
             params![
@@ -335,13 +339,15 @@ pub fn finish_item(
                 now
             ],
         )?,
-        Outcome::Failed(error) => conn.execute(
+        Outcome::Failed(error) => super::exec(
+            conn,
             "UPDATE upload_job_items SET state = ?4, error = ?5, finished_at = ?6 \
              WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3",
             params![job, seq, attempt, item_state::FAILED, error, now],
         )?,
         // A cancelled job takes no more runs: the item ends cancelled instead.
-        Outcome::Retry { error, not_before } => conn.execute(
+        Outcome::Retry { error, not_before } => super::exec(
+            conn,
             "UPDATE upload_job_items SET state = CASE WHEN (SELECT status FROM upload_jobs WHERE id = ?1) = ?7 \
              THEN ?8 ELSE ?4 END, error = ?5, not_before = ?6 \
              WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3",
@@ -357,7 +363,8 @@ pub fn finish_item(
             ],
         )?,
     };
-    conn.execute(
+    super::exec(
+        conn,
         "UPDATE upload_jobs SET updated_at = ?2 WHERE id = ?1",
         params![job, now],
     )?;
@@ -367,7 +374,8 @@ pub fn finish_item(
 /// Ends the job once no item is pending or running. Answers whether it ended now.
 pub fn finish_if_done(conn: &rusqlite::Connection, job: &str) -> Result<bool, StoreError> {
     let now = now_rfc3339();
-    Ok(conn.execute(
+    Ok(super::exec(
+        conn,
         "UPDATE upload_jobs SET status = ?2, updated_at = ?3, finished_at = ?3 \
          WHERE id = ?1 AND status IN (?4, ?5) AND NOT EXISTS \
          (SELECT 1 FROM upload_job_items WHERE job_id = ?1 AND state IN (?6, ?7))",
@@ -388,7 +396,8 @@ pub fn finish_if_done(conn: &rusqlite::Connection, job: &str) -> Result<bool, St
 pub fn cancel(conn: &mut rusqlite::Connection, id: &str) -> Result<bool, StoreError> {
     let now = now_rfc3339();
     let tx = conn.transaction()?;
-    let changed = tx.execute(
+    let changed = super::exec(
+        &tx,
         "UPDATE upload_jobs SET status = ?2, updated_at = ?3, finished_at = ?3 \
          WHERE id = ?1 AND status IN (?4, ?5)",
         params![
@@ -400,7 +409,8 @@ pub fn cancel(conn: &mut rusqlite::Connection, id: &str) -> Result<bool, StoreEr
         ],
     )? == 1;
     if changed {
-        tx.execute(
+        super::exec(
+            &tx,
             "UPDATE upload_job_items SET state = ?2, finished_at = ?3 WHERE job_id = ?1 AND state = ?4",
             params![id, item_state::CANCELLED, now, item_state::PENDING],
         )?;
@@ -428,7 +438,8 @@ pub fn requeue(
     seq: u64,
     attempt: &str,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    super::exec(
+        conn,
         "UPDATE upload_job_items SET state = CASE WHEN (SELECT status FROM upload_jobs WHERE id = ?1) = ?5 \
          THEN ?6 ELSE ?4 END, not_before = 0 WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3 AND state = ?7",
         params![
