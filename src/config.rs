@@ -233,6 +233,10 @@ pub struct ServerConfig {
     /// Open connections at most; one more is closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A second listener, plain HTTP on a loopback address, serving `GET /metrics` only and
+    /// without a token (for a Prometheus agent on the host). `/metrics` on the API stays,
+    /// for `reader`s.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_max_body_bytes() -> usize {
@@ -563,6 +567,14 @@ impl Config {
             if v == 0 {
                 return Err(ConfigError::key(k, "must be at least 1"));
             }
+        }
+        if let Some(m) = s.metrics_listen
+            && !m.ip().is_loopback()
+        {
+            return Err(ConfigError::key(
+                "server.metrics_listen",
+                "must be a loopback address: it serves metrics without a token",
+            ));
         }
         if s.plaintext {
             if !s.listen.ip().is_loopback() {

@@ -1,4 +1,5 @@
-//! `GET /metrics`: Prometheus text (OpenMetrics) for `reader`s.
+//! `GET /metrics`: Prometheus text (OpenMetrics) for `reader`s, and the same without a token
+//! on the loopback-only `server.metrics_listen`.
 
 use axum::extract::State;
 use axum::http::header;
@@ -14,6 +15,21 @@ pub async fn render(
     State(state): State<AppState>,
     Need(_caller, _): Need<Reader>,
 ) -> Result<impl IntoResponse, ApiError> {
+    scrape(&state).await
+}
+
+/// The router of `server.metrics_listen`: `/metrics` and nothing else.
+pub fn loopback_app(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(s): State<AppState>| async move { scrape(&s).await }),
+        )
+        .fallback(|| async { ApiError::not_found("only /metrics is served here") })
+        .with_state(state)
+}
+
+async fn scrape(state: &AppState) -> Result<impl IntoResponse + use<>, ApiError> {
     let m = metrics::get();
     // What is read at scrape time rather than counted as it happens.
     for t in state.tokens.all() {

@@ -248,6 +248,19 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         export: Arc::new(cfg.export_policy()),
         detailed_errors: cfg.logging.detailed_errors,
     };
+    if let Some(addr) = cfg.server.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, "metrics listening (loopback, no token)");
+        let metrics_app = crate::http::metrics::loopback_app(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, metrics_app).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let router = app(
         state,
         cfg.server.max_body_bytes,

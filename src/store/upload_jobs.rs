@@ -468,3 +468,158 @@ pub fn open_counts(conn: &rusqlite::Connection) -> Result<Vec<(String, u64)>, St
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> rusqlite::Connection {
+        let c = rusqlite::Connection::open_in_memory().expect("open");
+        super::super::migrate(&c).expect("migrate");
+        c
+    }
+
+    fn item(source: &str) -> NewItem {
+        NewItem {
+            source_tier: "local".into(),
+            source_key: source.into(),
+            kms_id: "kms-1".into(),
+            region: "us-east-1".into(),
+            body: "{}".into(),
+        }
+    }
+
+    fn job(c: &mut rusqlite::Connection, id: &str, sources: &[&str]) -> Result<(), StoreError> {
+        let items: Vec<NewItem> = sources.iter().map(|s| item(s)).collect();
+        create(
+            c,
+            &NewJob {
+                id,
+                name: None,
+                actor: "t",
+                request_id: "r",
+            },
+            &items,
+        )
+    }
+
+    #[test]
+    fn a_source_goes_to_a_kms_and_region_once_per_job_and_a_refused_job_leaves_nothing() {
+        let mut c = store();
+        assert!(job(&mut c, "j1", &["a", "a"]).is_err());
+        assert!(get(&c, "j1").expect("get").is_none(), "nothing half-made");
+        job(&mut c, "j1", &["a", "b"]).expect("two items");
+        // Another job may upload the same key again.
+        job(&mut c, "j2", &["a"]).expect("another job");
+    }
+
+    #[test]
+    fn items_are_claimed_once_each_and_the_job_ends_when_all_have() {
+        let mut c = store();
+        job(&mut c, "j", &["a", "b"]).expect("job");
+        let first = claim(&mut c, "j", 0).expect("claim").expect("an item");
+        let second = claim(&mut c, "j", 0).expect("claim").expect("an item");
+        assert_ne!(first.seq, second.seq);
+        assert_ne!(first.upload_id, second.upload_id);
+        assert!(claim(&mut c, "j", 0).expect("claim").is_none());
+        let a1 = first.upload_id.clone().expect("attempt");
+        // A retry waits for its time, under a new attempt.
+        finish_item(
+            &c,
+            "j",
+            first.seq,
+            &a1,
+            &Outcome::Retry {
+                error: "503",
+                not_before: 100,
+            },
+        )
+        .expect("retry");
+        assert!(claim(&mut c, "j", 99).expect("claim").is_none());
+        assert_eq!(next_due(&c, "j").expect("due"), Some(100));
+        let again = claim(&mut c, "j", 100).expect("claim").expect("due now");
+        assert_eq!((again.seq, again.tries), (first.seq, 2));
+        assert_ne!(again.upload_id.as_deref(), Some(a1.as_str()));
+        // The outcome of a stale attempt changes nothing.
+        finish_item(&c, "j", first.seq, &a1, &Outcome::Failed("late")).expect("stale");
+        assert_eq!(
+            items(&c, "j", Some(item_state::FAILED), 0, 10)
+                .expect("items")
+                .len(),
+            0
+        );
+        let done = Outcome::Completed {
+            record_id: "r",
+            key_id: "k",
+            arn: "arn",
+        };
+        finish_item(
+            &c,
+            "j",
+            again.seq,
+            again.upload_id.as_deref().expect("a"),
+            &done,
+        )
+        .expect("done");
+        assert!(!finish_if_done(&c, "j").expect("not yet"));
+        finish_item(
+            &c,
+            "j",
+            second.seq,
+            second.upload_id.as_deref().expect("a"),
+            &Outcome::Failed("no"),
+        )
+        .expect("failed");
+        assert!(finish_if_done(&c, "j").expect("done"));
+        let j = get(&c, "j").expect("get").expect("job");
+        assert_eq!(
+            (j.status.as_str(), j.completed, j.failed),
+            (status::COMPLETED, 1, 1)
+        );
+        assert!(runnable(&c).expect("runnable").is_empty());
+    }
+
+    #[test]
+    fn cancelling_stops_pending_items_and_running_ones_end_as_they_end() {
+        let mut c = store();
+        job(&mut c, "j", &["a", "b", "c"]).expect("job");
+        let running = claim(&mut c, "j", 0).expect("claim").expect("item");
+        assert!(cancel(&mut c, "j").expect("cancel"));
+        assert!(!cancel(&mut c, "j").expect("once"));
+        assert!(claim(&mut c, "j", 0).expect("claim").is_none());
+        let j = get(&c, "j").expect("get").expect("job");
+        assert_eq!((j.cancelled, j.running), (2, 1));
+        // A retry of a cancelled job's item ends it cancelled.
+        finish_item(
+            &c,
+            "j",
+            running.seq,
+            running.upload_id.as_deref().expect("a"),
+            &Outcome::Retry {
+                error: "503",
+                not_before: 0,
+            },
+        )
+        .expect("retry");
+        let j = get(&c, "j").expect("get").expect("job");
+        assert_eq!(
+            (j.status.as_str(), j.cancelled, j.running),
+            (status::CANCELLED, 3, 0)
+        );
+    }
+
+    #[test]
+    fn an_item_left_running_by_a_dead_process_goes_back_to_pending() {
+        let mut c = store();
+        job(&mut c, "j", &["a"]).expect("job");
+        let it = claim(&mut c, "j", 0).expect("claim").expect("item");
+        let left = running(&c).expect("running");
+        assert_eq!(left.len(), 1);
+        requeue(&c, "j", it.seq, it.upload_id.as_deref().expect("a")).expect("requeue");
+        assert!(running(&c).expect("running").is_empty());
+        let again = claim(&mut c, "j", 0)
+            .expect("claim")
+            .expect("pending again");
+        assert_eq!(again.tries, 2);
+    }
+}

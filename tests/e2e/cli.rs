@@ -25,10 +25,10 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 fn help_describes_every_command() {
     let (code, out, _) = run(&["--help"], &[]);
     assert_eq!(code, 0);
-    for c in ["serve", "probe", "token", "check-config"] {
+    for c in ["serve", "probe", "token", "check-config", "upload-job", "audit"] {
         assert!(out.contains(c), "--help lists {c}: {out}");
     }
-    for c in ["serve", "probe", "token"] {
+    for c in ["serve", "probe", "token", "upload-job"] {
         let (code, out, _) = run(&[c, "--help"], &[]);
         assert_eq!(code, 0, "{c} --help");
         assert!(out.contains("--config"), "{c} --help: {out}");
@@ -127,6 +127,11 @@ fn a_bad_config_exits_non_zero_with_one_line_naming_the_key() {
             good.clone(),
             vec![("HSM_BRIDGE__KMS__0__ENDPOINT_URL", "http://10.1.2.3:4566")],
             "kms[0].endpoint_url",
+        ),
+        (
+            good.clone(),
+            vec![("HSM_BRIDGE__SERVER__METRICS_LISTEN", "0.0.0.0:9464")],
+            "server.metrics_listen",
         ),
         (
             good.clone(),

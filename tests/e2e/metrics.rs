@@ -173,3 +173,63 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_done() {
     );
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_metrics_listener_serves_metrics_only_and_without_a_token() {
+    let tokens = Tokens::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let b = Bridge::start(
+        &tokens,
+        Opts {
+            server_toml: Some(format!(
+                "listen = \"127.0.0.1:0\"\nplaintext = true\nmetrics_listen = \"127.0.0.1:{port}\""
+            )),
+            with_source: false,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let material = secret(32);
+    let id = b.vault_import("scraped", "aes", &material).await;
+    let (s, r) = b
+        .upload(json!({"source_key_identifier": id, "kms": b.kms_name, "region": REGION}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    prove_aes(
+        &b.kms().await,
+        r["aws_param"]["KeyID"].as_str().expect("KeyID"),
+        &material,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics on the metrics listener");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let m = parse(&resp.text().await.expect("body"));
+    assert_eq!(
+        value(
+            &m,
+            "hsm_bridge_uploads_total",
+            &[("tier", "local"), ("outcome", "success")]
+        ),
+        1.0
+    );
+    // Nothing else is served there, and the API's /metrics still wants a reader.
+    let other = http
+        .get(format!("http://127.0.0.1:{port}/api/v1/cckm/aws/keys"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    let (s, _) = b
+        .raw(reqwest::Method::GET, "/metrics", None, Vec::new(), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    b.finish().await;
+}
