@@ -25,7 +25,14 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 fn help_describes_every_command() {
     let (code, out, _) = run(&["--help"], &[]);
     assert_eq!(code, 0);
-    for c in ["serve", "probe", "token", "check-config", "upload-job", "audit"] {
+    for c in [
+        "serve",
+        "probe",
+        "token",
+        "check-config",
+        "upload-job",
+        "audit",
+    ] {
         assert!(out.contains(c), "--help lists {c}: {out}");
     }
     for c in ["serve", "probe", "token", "upload-job"] {
