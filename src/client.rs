@@ -75,7 +75,9 @@ fn token(cfg: &Config, user: &str) -> Result<String, ClientError> {
 }
 
 fn http_client(cfg: &Config, ca: Option<&Path>) -> Result<reqwest::Client, ClientError> {
-    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(60));
+    // Long enough for a large selector to be expanded and stored: a submission that timed out
+    // here may still have made its job, and submitting again would make a second one.
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(600));
     let ca = ca.or(cfg.server.tls_cert_file.as_deref());
     if !cfg.server.plaintext
         && let Some(path) = ca
@@ -119,8 +121,8 @@ fn refusal(status: reqwest::StatusCode, body: &Value) -> ClientError {
     ))
 }
 
-/// Submits the job and, with `follow`, shows its progress until it ends. Answers the job's
-/// last state (`None` without `follow`).
+/// Submits the job and, with `follow`, shows its progress until it ends. Answers the job as
+/// submitted, or with `follow` as it ended.
 pub async fn upload_job(cfg: &Config, args: UploadJobArgs<'_>) -> Result<Value, ClientError> {
     let text = std::fs::read_to_string(args.file)
         .map_err(|e| ClientError::Setup(format!("{}: {e}", args.file.display())))?;
@@ -148,8 +150,32 @@ pub async fn upload_job(cfg: &Config, args: UploadJobArgs<'_>) -> Result<Value, 
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let one = format!("{url}/{id}?items=none");
+    // The daemon may restart while the job runs (the job resumes): keep asking for a while.
+    let patience = Duration::from_secs(300);
+    let mut unreachable_since: Option<std::time::Instant> = None;
     let last = loop {
-        let (status, j) = send(http.get(&one).bearer_auth(&bearer), &one).await?;
+        // A fresh token each time: a job may run for longer than one lives.
+        let bearer = token(cfg, args.user)?;
+        let (status, j) = match send(http.get(&one).bearer_auth(&bearer), &one).await {
+            Ok(r) => {
+                unreachable_since = None;
+                r
+            }
+            Err(e) => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > patience {
+                    bar.abandon();
+                    return Err(e);
+                }
+                bar.set_message(format!("waiting for the daemon: {e}"));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        if status.is_server_error() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
         if !status.is_success() {
             bar.abandon();
             return Err(refusal(status, &j));

@@ -22,6 +22,8 @@ pub struct JobRunner {
     pub uploader: Arc<Uploader>,
     pub store: Store,
     pub cfg: JobsConfig,
+    /// Each item's upload is an audited upload, as through `upload-key`.
+    pub auditor: crate::audit::Auditor,
     /// Woken when a job is submitted.
     pub wake: Arc<Notify>,
 }
@@ -72,23 +74,39 @@ impl JobRunner {
         }
     }
 
-    /// Items a previous process left running: done if their attempt completed, else pending
-    /// again. Answers how many it looked at.
+    /// Items a previous process left running: done if their attempt completed (audited now,
+    /// as the process that made the key could not), failed if they ran `item_attempts` times
+    /// already (an item that brings the process down must not do so for ever), else pending
+    /// again — to run once the cleaner has settled the attempt they left (see `claim`).
+    /// Answers how many it looked at.
     async fn resume(&self) -> Result<usize, StoreError> {
-        self.store
-            .call(|c| {
+        let most = self.cfg.item_attempts;
+        let (n, found) = self
+            .store
+            .call(move |c| {
                 let running = upload_jobs::running(c)?;
+                let mut found = Vec::new();
                 for it in &running {
                     let Some(attempt) = it.upload_id.as_deref() else {
                         continue;
                     };
-                    let completed = attempts::get(c, attempt)?
-                        .is_some_and(|a| a.state == attempts::state::COMPLETED);
-                    match completed
-                        .then(|| aws_keys::by_upload_id(c, attempt))
-                        .transpose()?
-                        .flatten()
-                    {
+                    let made = attempts::get(c, attempt)?
+                        .filter(|a| a.state == attempts::state::COMPLETED)
+                        .map(|a| {
+                            // The record may have been forgotten since: the attempt still
+                            // names the key it made.
+                            aws_keys::by_upload_id(c, attempt).map(|r| {
+                                r.unwrap_or_else(|| {
+                                    (
+                                        String::new(),
+                                        a.aws_key_id.clone().unwrap_or_default(),
+                                        a.aws_key_arn.clone().unwrap_or_default(),
+                                    )
+                                })
+                            })
+                        })
+                        .transpose()?;
+                    match made {
                         Some((record_id, key_id, arn)) => {
                             tracing::info!(job = %it.job_id, item = it.seq, %key_id, "upload job item was uploaded before the restart");
                             upload_jobs::finish_item(
@@ -102,13 +120,49 @@ impl JobRunner {
                                     arn: &arn,
                                 },
                             )?;
+                            found.push((it.clone(), attempt.to_owned(), key_id));
+                        }
+                        None if it.tries >= most => {
+                            tracing::error!(job = %it.job_id, item = it.seq, tries = it.tries, "upload job item was cut short by the bridge stopping too often; it is failed");
+                            upload_jobs::finish_item(
+                                c,
+                                &it.job_id,
+                                it.seq,
+                                attempt,
+                                &Outcome::Failed(&format!(
+                                    "the bridge stopped while this item ran, {} times",
+                                    it.tries
+                                )),
+                            )?;
                         }
                         None => upload_jobs::requeue(c, &it.job_id, it.seq, attempt)?,
                     }
                 }
-                Ok(running.len())
+                Ok((running.len(), found))
             })
-            .await
+            .await?;
+        for (it, attempt, key_id) in found {
+            self.auditor
+                .event(
+                    &format!("upload-job:{}", it.job_id),
+                    "upload-key",
+                    "success",
+                    &format!("{}#{}", it.job_id, it.seq),
+                    serde_json::json!({
+                        "upload_job": it.job_id,
+                        "item": it.seq,
+                        "upload_id": attempt,
+                        "source_key_tier": it.source_key_tier,
+                        "source_key_identifier": it.source_key_identifier,
+                        "kms_id": it.kms_id,
+                        "region": it.region,
+                        "key_id": key_id,
+                        "found_after_restart": true,
+                    }),
+                )
+                .await;
+        }
+        Ok(n)
     }
 
     /// Works a job until no item can start now; answers when to look again if some wait
@@ -127,6 +181,7 @@ impl JobRunner {
                         let me = Worker {
                             uploader: self.uploader.clone(),
                             store: self.store.clone(),
+                            auditor: self.auditor.clone(),
                             item_attempts: self.cfg.item_attempts,
                         };
                         running.spawn(async move { me.run(item).await });
@@ -196,6 +251,7 @@ impl JobRunner {
 struct Worker {
     uploader: Arc<Uploader>,
     store: Store,
+    auditor: crate::audit::Auditor,
     item_attempts: u32,
 }
 
@@ -263,6 +319,33 @@ impl Worker {
                 ("failed", Owned::Failed(e.public_message()))
             }
         };
+        let (key_id, error) = match &outcome_owned {
+            Owned::Completed(_, k, _) => (Some(k.clone()), None),
+            Owned::Failed(e) | Owned::Retry(e, _) => (None, Some(e.clone())),
+        };
+        self.auditor
+            .event(
+                &actor,
+                "upload-key",
+                if key_id.is_some() {
+                    "success"
+                } else {
+                    "failure"
+                },
+                &request_id,
+                serde_json::json!({
+                    "upload_job": item.job_id,
+                    "item": item.seq,
+                    "upload_id": attempt,
+                    "source_key_tier": item.source_key_tier,
+                    "source_key_identifier": item.source_key_identifier,
+                    "kms_id": item.kms_id,
+                    "region": item.region,
+                    "key_id": key_id,
+                    "error": error,
+                }),
+            )
+            .await;
         crate::metrics::get()
             .job_items_done
             .get_or_create(&crate::metrics::StateLabels {
@@ -270,25 +353,37 @@ impl Worker {
             })
             .inc();
         let (job, seq) = (item.job_id.clone(), item.seq);
-        // Not made durable on its own: a completed upload is found again by its attempt.
-        let r = self
-            .store
-            .call_relaxed(move |c| {
-                let o = match &outcome_owned {
-                    Owned::Completed(r, k, a) => Outcome::Completed {
-                        record_id: r,
-                        key_id: k,
-                        arn: a,
-                    },
-                    Owned::Failed(e) => Outcome::Failed(e),
-                    Owned::Retry(e, at) => Outcome::Retry {
-                        error: e,
-                        not_before: *at,
-                    },
-                };
-                upload_jobs::finish_item(c, &job, seq, &attempt, &o)
-            })
-            .await;
+        // Not made durable on its own: a completed upload is found again by its attempt. A
+        // store that refuses for now is asked again: an item left running would hold its job
+        // open until the next start.
+        let outcome_owned = std::sync::Arc::new(outcome_owned);
+        let mut r = Ok(());
+        for pause in [0u64, 1, 5, 30] {
+            tokio::time::sleep(Duration::from_secs(pause)).await;
+            let (job, attempt, outcome_owned) =
+                (job.clone(), attempt.clone(), outcome_owned.clone());
+            r = self
+                .store
+                .call_relaxed(move |c| {
+                    let o = match &*outcome_owned {
+                        Owned::Completed(r, k, a) => Outcome::Completed {
+                            record_id: r,
+                            key_id: k,
+                            arn: a,
+                        },
+                        Owned::Failed(e) => Outcome::Failed(e),
+                        Owned::Retry(e, at) => Outcome::Retry {
+                            error: e,
+                            not_before: *at,
+                        },
+                    };
+                    upload_jobs::finish_item(c, &job, seq, &attempt, &o)
+                })
+                .await;
+            if r.is_ok() {
+                break;
+            }
+        }
         if let Err(e) = r {
             tracing::error!(job = %item.job_id, item = item.seq, error = %e, "could not record the item's outcome");
         }

@@ -206,6 +206,13 @@ impl KeyManager {
                     "uploads the same source key to the same kms and Region as items[{first}]; a job uploads each at most once"
                 )));
             }
+            // The item runs with what was checked here: the vault key by id (a key renamed or
+            // re-created under the name since is not the one planned), the connection by id.
+            let mut v = v;
+            if let Value::Object(o) = &mut v {
+                o.insert("source_key_identifier".into(), json!(source));
+                o.insert("kms".into(), json!(conn.cfg.id));
+            }
             items.push(NewItem {
                 source_tier: req.tier.as_str().to_owned(),
                 source_key: source,

@@ -191,13 +191,6 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         (cfg.sync.interval_secs > 0).then(|| Duration::from_secs(cfg.sync.interval_secs)),
     ));
     tokio::spawn(sync.clone().run_forever());
-    let upload_jobs = Arc::new(crate::background::upload_jobs::JobRunner {
-        uploader: uploader.clone(),
-        store: store.clone(),
-        cfg: cfg.jobs.clone(),
-        wake: Arc::new(tokio::sync::Notify::new()),
-    });
-    tokio::spawn(upload_jobs.clone().run_forever());
     tokio::spawn(
         crate::background::schedules::Scheduler {
             keys: keys.clone(),
@@ -233,6 +226,14 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             .clone()
             .seal_forever(Duration::from_secs(cfg.audit.seal_interval_secs)),
     );
+    let upload_jobs = Arc::new(crate::background::upload_jobs::JobRunner {
+        uploader: uploader.clone(),
+        store: store.clone(),
+        cfg: cfg.jobs.clone(),
+        auditor: auditor.clone(),
+        wake: Arc::new(tokio::sync::Notify::new()),
+    });
+    tokio::spawn(upload_jobs.clone().run_forever());
     let state = AppState {
         auth: Arc::new(auth),
         auditor: auditor.clone(),

@@ -235,8 +235,11 @@ pub fn runnable(conn: &rusqlite::Connection) -> Result<Vec<String>, StoreError> 
     Ok(rows)
 }
 
-/// Takes the next pending item of a running job whose retry time has come: it is marked
-/// running under a new upload attempt id, which the upload then uses. Nothing is due: `None`.
+/// Takes the next pending item of a running job whose retry time has come and whose previous
+/// attempt (if any) has settled — its half-made key scheduled for deletion and its alias
+/// removed by the cleaner, so the next run neither finds the alias taken nor leaves two keys
+/// enabled: it is marked running under a new upload attempt id, which the upload then uses.
+/// Nothing is due: `None`.
 pub fn claim(
     conn: &mut rusqlite::Connection,
     job: &str,
@@ -253,7 +256,9 @@ pub fn claim(
     }
     let seq: Option<u64> = tx
         .query_row(
-            "SELECT seq FROM upload_job_items WHERE job_id = ?1 AND state = ?2 AND not_before <= ?3 \
+            "SELECT seq FROM upload_job_items i WHERE job_id = ?1 AND state = ?2 AND not_before <= ?3 \
+             AND NOT EXISTS (SELECT 1 FROM upload_attempts a WHERE a.id = i.attempt_id \
+             AND a.state IN ('creating', 'in_progress', 'cleanup_pending', 'cleaning')) \
              ORDER BY seq LIMIT 1",
             params![job, item_state::PENDING, now_unix],
             |r| r.get(0),
@@ -606,6 +611,32 @@ mod tests {
             (j.status.as_str(), j.cancelled, j.running),
             (status::CANCELLED, 3, 0)
         );
+    }
+
+    #[test]
+    fn an_item_runs_again_only_once_its_last_attempt_has_settled() {
+        let mut c = store();
+        job(&mut c, "j", &["a"]).expect("job");
+        let it = claim(&mut c, "j", 0).expect("claim").expect("item");
+        let attempt = it.upload_id.clone().expect("attempt");
+        c.execute(
+            "INSERT INTO upload_attempts (id, request_id, kms_id, kms_name, region, source_tier, \
+             source_key, stage, state, created_at, updated_at) \
+             VALUES (?1, 'r', 'k', 'k', 'us-east-1', 'local', 'a', 'ImportKeyMaterial', 'in_progress', 'now', 'now')",
+            [&attempt],
+        )
+        .expect("attempt");
+        requeue(&c, "j", it.seq, &attempt).expect("requeue");
+        assert!(
+            claim(&mut c, "j", 0).expect("claim").is_none(),
+            "its key is not settled"
+        );
+        c.execute(
+            "UPDATE upload_attempts SET state = 'cleaned' WHERE id = ?1",
+            [&attempt],
+        )
+        .expect("cleaned");
+        assert!(claim(&mut c, "j", 0).expect("claim").is_some());
     }
 
     #[test]

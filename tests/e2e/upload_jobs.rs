@@ -169,6 +169,22 @@ async fn a_40_key_job_keeps_to_the_quota_and_fails_no_item() {
     assert_eq!(s, StatusCode::OK, "{rec}");
     assert_eq!(rec["aws_param"]["Description"], "bulk");
 
+    // Each item's upload is in the audit log, as an upload through upload-key is.
+    let (s, audit) = b.get("/api/v1/audit?limit=1000").await;
+    assert_eq!(s, StatusCode::OK, "{audit}");
+    let audited: HashSet<&str> = audit["resources"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| {
+            e["action"] == "upload-key"
+                && e["outcome"] == "success"
+                && e["detail"]["upload_job"] == id.as_str()
+        })
+        .filter_map(|e| e["detail"]["key_id"].as_str())
+        .collect();
+    assert_eq!(audited.len(), 40, "{audit:#}");
+
     // The metrics count the job's items and uploads.
     let m = crate::metrics::parse(&b.metrics_text().await);
     assert_eq!(
@@ -199,11 +215,17 @@ async fn a_job_killed_mid_way_resumes_and_uploads_each_item_exactly_once() {
     let tokens = Tokens::new();
     let (_proxy, mut b) = quota_bridge(&tokens).await;
     let materials = vault_keys(&b, "resume", 16).await;
+    // Each item with its own alias: an item cut short runs again only once the cleaner has
+    // removed the alias its first attempt made.
+    let items: Vec<Value> = materials
+        .keys()
+        .map(|id| {
+            json!({"source_key_identifier": id, "kms": b.kms_name, "region": REGION,
+                   "aws_param": {"Alias": format!("alias/resume-{id}")}})
+        })
+        .collect();
     let (s, created) = b
-        .post(
-            "/api/v1/cckm/aws/upload-jobs",
-            &selector_job("resume", &b.kms_name),
-        )
+        .post("/api/v1/cckm/aws/upload-jobs", &json!({"items": items}))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().expect("id").to_owned();
@@ -255,6 +277,25 @@ async fn a_job_killed_mid_way_resumes_and_uploads_each_item_exactly_once() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     prove_each_once(&b, &j, &materials).await;
+    // Each alias names its item's key.
+    let kms = b.kms().await;
+    for it in j["items"].as_array().expect("items") {
+        let alias = format!(
+            "alias/resume-{}",
+            it["source_key_identifier"].as_str().expect("source")
+        );
+        let d = kms
+            .describe_key()
+            .key_id(&alias)
+            .send()
+            .await
+            .expect("DescribeKey of the alias");
+        assert_eq!(
+            d.key_metadata().map(|m| m.key_id()),
+            it["key_id"].as_str(),
+            "{alias}"
+        );
+    }
     b.finish().await;
 }
 
