@@ -115,9 +115,9 @@ impl JobRunner {
                                 it.seq,
                                 attempt,
                                 &Outcome::Completed {
-                                    record_id: &record_id,
-                                    key_id: &key_id,
-                                    arn: &arn,
+                                    record_id,
+                                    key_id: key_id.clone(),
+                                    arn,
                                 },
                             )?;
                             found.push((it.clone(), attempt.to_owned(), key_id));
@@ -129,7 +129,7 @@ impl JobRunner {
                                 &it.job_id,
                                 it.seq,
                                 attempt,
-                                &Outcome::Failed(&format!(
+                                &Outcome::Failed(format!(
                                     "the bridge stopped while this item ran, {} times",
                                     it.tries
                                 )),
@@ -142,25 +142,7 @@ impl JobRunner {
             })
             .await?;
         for (it, attempt, key_id) in found {
-            self.auditor
-                .event(
-                    &format!("upload-job:{}", it.job_id),
-                    "upload-key",
-                    "success",
-                    &format!("{}#{}", it.job_id, it.seq),
-                    serde_json::json!({
-                        "upload_job": it.job_id,
-                        "item": it.seq,
-                        "upload_id": attempt,
-                        "source_key_tier": it.source_key_tier,
-                        "source_key_identifier": it.source_key_identifier,
-                        "kms_id": it.kms_id,
-                        "region": it.region,
-                        "key_id": key_id,
-                        "found_after_restart": true,
-                    }),
-                )
-                .await;
+            audit_item(&self.auditor, &it, &attempt, Ok(&key_id), true).await;
         }
         Ok(n)
     }
@@ -266,44 +248,32 @@ impl Worker {
             return;
         };
         let parsed: Result<UploadKeyBody, _> = serde_json::from_str(&item.body);
-        let (actor, request_id) = (
-            format!("upload-job:{}", item.job_id),
-            format!("{}#{}", item.job_id, item.seq),
-        );
+        let (actor, request_id) = names(&item);
         let started = std::time::Instant::now();
         let result = match parsed {
             Ok(body) => {
-                let spec = body
-                    .aws_param
-                    .as_ref()
-                    .and_then(|p| p.CustomerMasterKeySpec.clone())
-                    .unwrap_or_else(|| "SYMMETRIC_DEFAULT".into());
+                let (tier, spec) = body.metric_labels();
                 let r = self
                     .uploader
                     .upload_as(body, &request_id, &actor, Some(attempt.clone()))
                     .await;
-                crate::metrics::get().upload_done(
-                    &item.source_key_tier,
-                    crate::cckm::spec::KeySpec::parse(&spec).map_or("invalid", |s| s.as_str()),
-                    r.is_ok(),
-                    started.elapsed(),
-                );
+                crate::metrics::get().upload_done(tier, spec, r.is_ok(), started.elapsed());
                 r
             }
             Err(e) => Err(crate::error::DomainError::Internal(format!(
                 "the stored item is unreadable: {e}"
             ))),
         };
-        let (done_label, outcome_owned) = match result {
+        let (done_label, outcome) = match result {
             Ok(record) => {
                 let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
                 (
                     "completed",
-                    Owned::Completed(
-                        s(&record["id"]),
-                        s(&record["aws_param"]["KeyID"]),
-                        s(&record["aws_param"]["Arn"]),
-                    ),
+                    Outcome::Completed {
+                        record_id: s(&record["id"]),
+                        key_id: s(&record["aws_param"]["KeyID"]),
+                        arn: s(&record["aws_param"]["Arn"]),
+                    },
                 )
             }
             Err(e) if e.is_transient() && item.tries < self.item_attempts => {
@@ -311,74 +281,39 @@ impl Worker {
                 tracing::warn!(job = %item.job_id, item = item.seq, tries = item.tries, error = %e.public_message(), "upload job item failed; it runs again");
                 (
                     "retried",
-                    Owned::Retry(e.public_message(), now_unix() + backoff),
+                    Outcome::Retry {
+                        error: e.public_message(),
+                        not_before: now_unix() + backoff,
+                    },
                 )
             }
             Err(e) => {
                 tracing::warn!(job = %item.job_id, item = item.seq, error = %e.public_message(), "upload job item failed");
-                ("failed", Owned::Failed(e.public_message()))
+                ("failed", Outcome::Failed(e.public_message()))
             }
         };
-        let (key_id, error) = match &outcome_owned {
-            Owned::Completed(_, k, _) => (Some(k.clone()), None),
-            Owned::Failed(e) | Owned::Retry(e, _) => (None, Some(e.clone())),
+        let audited = match &outcome {
+            Outcome::Completed { key_id, .. } => Ok(key_id.as_str()),
+            Outcome::Failed(e) | Outcome::Retry { error: e, .. } => Err(e.as_str()),
         };
-        self.auditor
-            .event(
-                &actor,
-                "upload-key",
-                if key_id.is_some() {
-                    "success"
-                } else {
-                    "failure"
-                },
-                &request_id,
-                serde_json::json!({
-                    "upload_job": item.job_id,
-                    "item": item.seq,
-                    "upload_id": attempt,
-                    "source_key_tier": item.source_key_tier,
-                    "source_key_identifier": item.source_key_identifier,
-                    "kms_id": item.kms_id,
-                    "region": item.region,
-                    "key_id": key_id,
-                    "error": error,
-                }),
-            )
-            .await;
+        audit_item(&self.auditor, &item, &attempt, audited, false).await;
         crate::metrics::get()
             .job_items_done
             .get_or_create(&crate::metrics::StateLabels {
                 state: done_label.to_owned(),
             })
             .inc();
-        let (job, seq) = (item.job_id.clone(), item.seq);
         // Not made durable on its own: a completed upload is found again by its attempt. A
         // store that refuses for now is asked again: an item left running would hold its job
         // open until the next start.
-        let outcome_owned = std::sync::Arc::new(outcome_owned);
         let mut r = Ok(());
         for pause in [0u64, 1, 5, 30] {
             tokio::time::sleep(Duration::from_secs(pause)).await;
-            let (job, attempt, outcome_owned) =
-                (job.clone(), attempt.clone(), outcome_owned.clone());
+            let (job, attempt, o) = (item.job_id.clone(), attempt.clone(), outcome.clone());
+            let seq = item.seq;
             r = self
                 .store
-                .call_relaxed(move |c| {
-                    let o = match &*outcome_owned {
-                        Owned::Completed(r, k, a) => Outcome::Completed {
-                            record_id: r,
-                            key_id: k,
-                            arn: a,
-                        },
-                        Owned::Failed(e) => Outcome::Failed(e),
-                        Owned::Retry(e, at) => Outcome::Retry {
-                            error: e,
-                            not_before: *at,
-                        },
-                    };
-                    upload_jobs::finish_item(c, &job, seq, &attempt, &o)
-                })
+                .call_relaxed(move |c| upload_jobs::finish_item(c, &job, seq, &attempt, &o))
                 .await;
             if r.is_ok() {
                 break;
@@ -390,8 +325,46 @@ impl Worker {
     }
 }
 
-enum Owned {
-    Completed(String, String, String),
-    Failed(String),
-    Retry(String, i64),
+/// The actor and request id an item's upload is recorded under.
+fn names(item: &Item) -> (String, String) {
+    (
+        format!("upload-job:{}", item.job_id),
+        format!("{}#{}", item.job_id, item.seq),
+    )
+}
+
+/// An item's upload in the audit log, as an upload through upload-key is: the key it made, or
+/// why it failed.
+async fn audit_item(
+    auditor: &crate::audit::Auditor,
+    item: &Item,
+    attempt: &str,
+    made: Result<&str, &str>,
+    found_after_restart: bool,
+) {
+    let (actor, request_id) = names(item);
+    let (key_id, error) = match made {
+        Ok(k) => (Some(k), None),
+        Err(e) => (None, Some(e)),
+    };
+    auditor
+        .event(
+            &actor,
+            "upload-key",
+            if made.is_ok() { "success" } else { "failure" },
+            &request_id,
+            serde_json::json!({
+                "upload_job": item.job_id,
+                "item": item.seq,
+                "upload_id": attempt,
+                "source_key_tier": item.source_key_tier,
+                "source_key_identifier": item.source_key_identifier,
+                "kms_id": item.kms_id,
+                "region": item.region,
+                "key_id": key_id,
+                "error": error,
+                "found_after_restart": found_after_restart,
+            }),
+        )
+        .await;
 }

@@ -345,6 +345,24 @@ fn required(v: Option<String>, field: &str) -> Result<String, String> {
 }
 
 impl UploadKeyBody {
+    /// The metric labels of an upload: its tier and key spec, or `invalid` (never the caller's
+    /// text, which would let anyone grow the label sets).
+    pub fn metric_labels(&self) -> (&'static str, &'static str) {
+        let tier = match self.source_key_tier.as_deref() {
+            None | Some("") => "local",
+            Some(t) => SourceTier::parse(t).map_or("invalid", |t| t.as_str()),
+        };
+        let spec = match self
+            .aws_param
+            .as_ref()
+            .and_then(|p| p.CustomerMasterKeySpec.as_deref())
+        {
+            None | Some("") => "SYMMETRIC_DEFAULT",
+            Some(s) => KeySpec::parse(s).map_or("invalid", |s| s.as_str()),
+        };
+        (tier, spec)
+    }
+
     /// Validates the whole request at `now`.
     pub fn validate(self, now: OffsetDateTime) -> Result<UploadRequest, String> {
         let tier = match self.source_key_tier.as_deref() {

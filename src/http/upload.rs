@@ -17,30 +17,11 @@ pub async fn upload_key(
     ApiJson(body): ApiJson<UploadKeyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     tracing::info!(user = %caller.user, "upload-key requested");
-    let labels = labels(&body);
+    let labels = body.metric_labels();
     let started = std::time::Instant::now();
     let result = run(state, caller, body).await;
-    crate::metrics::get().upload_done(&labels.0, &labels.1, result.is_ok(), started.elapsed());
+    crate::metrics::get().upload_done(labels.0, labels.1, result.is_ok(), started.elapsed());
     result
-}
-
-/// The metric labels of an upload: its tier and key spec, or `invalid` (never the caller's
-/// text, which would let anyone grow the label sets).
-fn labels(body: &UploadKeyBody) -> (String, String) {
-    use crate::cckm::spec::{KeySpec, SourceTier};
-    let tier = match body.source_key_tier.as_deref() {
-        None | Some("") => "local",
-        Some(t) => SourceTier::parse(t).map_or("invalid", |t| t.as_str()),
-    };
-    let spec = match body
-        .aws_param
-        .as_ref()
-        .and_then(|p| p.CustomerMasterKeySpec.as_deref())
-    {
-        None | Some("") => "SYMMETRIC_DEFAULT",
-        Some(s) => KeySpec::parse(s).map_or("invalid", |s| s.as_str()),
-    };
-    (tier.to_owned(), spec.to_owned())
 }
 
 async fn run(

@@ -300,16 +300,17 @@ pub fn next_due(conn: &rusqlite::Connection, job: &str) -> Result<Option<i64>, S
 }
 
 /// How a running item ended.
-pub enum Outcome<'a> {
+#[derive(Debug, Clone)]
+pub enum Outcome {
     Completed {
-        record_id: &'a str,
-        key_id: &'a str,
-        arn: &'a str,
+        record_id: String,
+        key_id: String,
+        arn: String,
     },
-    Failed(&'a str),
+    Failed(String),
     /// Failed for a reason that may pass: run again at `not_before` (unix seconds).
     Retry {
-        error: &'a str,
+        error: String,
         not_before: i64,
     },
 }
@@ -321,7 +322,7 @@ pub fn finish_item(
     job: &str,
     seq: u64,
     attempt: &str,
-    outcome: &Outcome<'_>,
+    outcome: &Outcome,
 ) -> Result<(), StoreError> {
     let now = now_rfc3339();
     match outcome {
@@ -535,7 +536,7 @@ mod tests {
             first.seq,
             &a1,
             &Outcome::Retry {
-                error: "503",
+                error: "503".into(),
                 not_before: 100,
             },
         )
@@ -546,7 +547,7 @@ mod tests {
         assert_eq!((again.seq, again.tries), (first.seq, 2));
         assert_ne!(again.upload_id.as_deref(), Some(a1.as_str()));
         // The outcome of a stale attempt changes nothing.
-        finish_item(&c, "j", first.seq, &a1, &Outcome::Failed("late")).expect("stale");
+        finish_item(&c, "j", first.seq, &a1, &Outcome::Failed("late".into())).expect("stale");
         assert_eq!(
             items(&c, "j", Some(item_state::FAILED), 0, 10)
                 .expect("items")
@@ -554,9 +555,9 @@ mod tests {
             0
         );
         let done = Outcome::Completed {
-            record_id: "r",
-            key_id: "k",
-            arn: "arn",
+            record_id: "r".into(),
+            key_id: "k".into(),
+            arn: "arn".into(),
         };
         finish_item(
             &c,
@@ -572,7 +573,7 @@ mod tests {
             "j",
             second.seq,
             second.upload_id.as_deref().expect("a"),
-            &Outcome::Failed("no"),
+            &Outcome::Failed("no".into()),
         )
         .expect("failed");
         assert!(finish_if_done(&c, "j").expect("done"));
@@ -601,7 +602,7 @@ mod tests {
             running.seq,
             running.upload_id.as_deref().expect("a"),
             &Outcome::Retry {
-                error: "503",
+                error: "503".into(),
                 not_before: 0,
             },
         )
