@@ -2,6 +2,7 @@
 //! wrapping under an RSA public key or a KEK, unwrapping into session objects. Every object
 //! created for an operation is a session object held by a guard that destroys it on every path.
 
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -609,6 +610,97 @@ pub fn generate_key_pair(
         .generate_key_pair(&mech, &public, &private)
         .map_err(TokenError::ck("C_GenerateKeyPair"))?;
     Ok((guard(session, p), guard(session, k)))
+}
+
+/// A key pair generated in a token that drops an EC scalar's leading zero bytes when it
+/// exports the key (kryoptic keeps the generator's big number as is): a pair whose private
+/// key exports shorter than a full-length reference key is destroyed and generated again.
+/// That excludes the keys whose first scalar byte is zero (1 in 256 of P-256 and P-384 keys,
+/// half of all P-521 keys), under one bit of the key space.
+pub fn generate_full_length_key_pair(
+    session: &Session,
+    kind: PrivateKind,
+) -> Result<(SessionObject<'_>, SessionObject<'_>), TokenError> {
+    const ATTEMPTS: usize = 32;
+    let Some(full) = full_scalar_export_len(session, kind)? else {
+        return generate_key_pair(session, kind);
+    };
+    for _ in 0..ATTEMPTS {
+        let (public, private) = generate_key_pair(session, kind)?;
+        let len = private_export_len(session, private.handle())?;
+        if len >= full {
+            return Ok((public, private));
+        }
+        tracing::debug!(%kind, len, full, "generated key exports a short scalar; generating another");
+    }
+    Err(TokenError::Refused(format!(
+        "the token exported the scalar of {ATTEMPTS} generated {kind} keys short; import the key instead"
+    )))
+}
+
+/// Whether an EC private key exports its scalar at full length (RSA keys always pass), for
+/// tokens that drop leading zero bytes: AWS refuses such material after CreateKey.
+pub fn exports_full_scalar(
+    session: &Session,
+    key: ObjectHandle,
+    kind: PrivateKind,
+) -> Result<bool, TokenError> {
+    match full_scalar_export_len(session, kind)? {
+        Some(full) => Ok(private_export_len(session, key)? >= full),
+        None => Ok(true),
+    }
+}
+
+/// The export length of a key of this curve whose scalar has no leading zero byte (a
+/// reference key made for the measurement); `None` for RSA.
+fn full_scalar_export_len(
+    session: &Session,
+    kind: PrivateKind,
+) -> Result<Option<usize>, TokenError> {
+    let Some(curve) = kind.curve() else {
+        return Ok(None);
+    };
+    let mut scalar = Zeroizing::new(vec![0u8; curve.scalar_len()]);
+    scalar[0] = 1;
+    let reference = create_private_key(session, &PrivateMaterial::Ec { curve, scalar }, kind)?;
+    private_export_len(session, reference.handle()).map(Some)
+}
+
+/// How long a private key object's PKCS#8 export is, measured by wrapping it under a
+/// throwaway AES-GCM session key (the ciphertext is the plaintext's length plus the tag).
+/// The ciphertext is dropped and its key destroyed, so nothing of the material leaves the token.
+pub fn private_export_len(session: &Session, key: ObjectHandle) -> Result<usize, TokenError> {
+    const TAG_BITS: u64 = 128;
+    let t = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32u64.into()),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(false),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Sign(false),
+        Attribute::AllowedMechanisms(vec![MechanismType::AES_GCM]),
+    ];
+    let throwaway = guard(
+        session,
+        session
+            .generate_key(&Mechanism::AesKeyGen, &t)
+            .map_err(TokenError::ck("C_GenerateKey (throwaway AES)"))?,
+    );
+    // The key is used once, so a fixed nonce is safe.
+    let mut iv = [0u8; 12];
+    let params = GcmParams::new(&mut iv, &[], TAG_BITS.into())
+        .map_err(|e| TokenError::Refused(format!("AES-GCM parameters: {e}")))?;
+    let out = session
+        .wrap_key(&Mechanism::AesGcm(params), throwaway.handle(), key)
+        .map_err(TokenError::ck("C_WrapKey (AES-GCM, length check)"))?;
+    Ok(out.len().saturating_sub(TAG_BITS as usize / 8))
 }
 
 /// The SubjectPublicKeyInfo of a public key object (or of an RSA private key object, whose

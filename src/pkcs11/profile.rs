@@ -74,10 +74,11 @@ pub struct Profile {
 pub struct Quirks {
     #[serde(default)]
     pub cross_token_handles: bool,
-    /// P-521 keys generated in the token often carry a 65-byte scalar, which AWS and many
-    /// PKCS#8 parsers reject (kryoptic 1.5); the vault refuses to generate them there.
-    #[serde(default)]
-    pub p521_keygen_short_scalar: bool,
+    /// EC keys generated in the token export their scalar without its leading zero bytes
+    /// (kryoptic 1.5: half of all P-521 keys, 1 in 256 of the others), which AWS and many
+    /// PKCS#8 parsers reject; the vault measures each generated key and generates again.
+    #[serde(default, alias = "p521_keygen_short_scalar")]
+    pub keygen_short_ec_scalar: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -311,6 +311,20 @@ impl Tier for HsmLunaTier {
             }
         };
         check_facts(&hit, spec, &token.name)?;
+        if let (Some(kind), true) = (hit.private, token.profile.quirks.keygen_short_ec_scalar) {
+            let h = hit.handle;
+            let full = token
+                .run(move |s| ops::exports_full_scalar(s, h, kind))
+                .await
+                .map_err(DomainError::token(&token.name))?;
+            if !full {
+                return Err(DomainError::Unprocessable(format!(
+                    "key `{}` in token {}: the token exports this {kind} key's scalar without its \
+                     leading zero byte, which AWS refuses as key material; nothing was created in AWS",
+                    hit.facts.label, token.name
+                )));
+            }
+        }
         let id_hex = hex::encode(&hit.facts.id);
         Ok(ResolvedSource {
             token,

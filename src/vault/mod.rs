@@ -385,15 +385,6 @@ impl Vault {
                         t.name
                     )));
                 }
-                if matches!(plan.source, Source::GeneratePrivate(PrivateKind::EcP521))
-                    && t.profile.quirks.p521_keygen_short_scalar
-                {
-                    return Err(DomainError::Unprocessable(format!(
-                        "token {} ({}) generates P-521 keys whose scalar is often one byte short, which AWS \
-                         and many parsers reject; import a P-521 key instead",
-                        t.name, t.profile.family
-                    )));
-                }
             }
         }
         Ok(storage.mechanism)
@@ -413,6 +404,7 @@ impl Vault {
             )));
         }
         let kek_label = self.token.kek_label.clone();
+        let short_scalars = self.token.profile.quirks.keygen_short_ec_scalar;
         let Plan {
             algorithm,
             shape,
@@ -436,7 +428,11 @@ impl Vault {
                     }
                     Source::ImportSecret(kind, m) => (ops::create_secret(s, *kind, m)?, None),
                     Source::GeneratePrivate(kind) => {
-                        let (public, private) = ops::generate_key_pair(s, *kind)?;
+                        let (public, private) = if short_scalars {
+                            ops::generate_full_length_key_pair(s, *kind)?
+                        } else {
+                            ops::generate_key_pair(s, *kind)?
+                        };
                         let spki = ops::public_key_spki(s, public.handle(), *kind)?;
                         (private, Some(spki))
                     }

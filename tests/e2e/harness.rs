@@ -1421,6 +1421,26 @@ pub fn put_private(token: &str, label: &str, der: &[u8], extractable: bool) -> V
     id.to_vec()
 }
 
+/// An EC private key in a token with exactly this CKA_VALUE (a raw scalar, of any length).
+pub fn put_ec_value(token: &str, label: &str, kind: PrivateKind, value: &[u8]) {
+    let curve = kind.curve().expect("an EC kind");
+    let s = world().session(token);
+    let t = vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(kind.key_type()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::EcParams(curve.ec_params().to_vec()),
+        Attribute::Value(value.to_vec()),
+    ];
+    s.create_object(&t)
+        .unwrap_or_else(|e| panic!("C_CreateObject ({kind}): {e}"));
+}
+
 /// The key in KMS is the source key: same public key, and a KMS signature verifies with it
 /// (for an RSA encryption key: KMS decrypts what the source key's public half encrypted;
 /// LocalStack's Encrypt is symmetric whatever the key, so the other direction proves nothing).

@@ -85,6 +85,11 @@ async fn kryoptic_uploads_every_private_key_spec_from_both_tiers_proven_in_kms()
         put_private(&tokens.source, &format!("luna-{i}"), &der, true);
         luna.push(der);
     }
+    // A P-256 scalar whose first byte is zero, held short in the source token as kryoptic's
+    // own key generation leaves such keys.
+    let mut d: [u8; 32] = rand::random();
+    d[0] = 0;
+    put_ec_value(&tokens.source, "short-scalar", PrivateKind::EcP256, &d[1..]);
     // The largest wrapping key AWS offers: the OAEP layer is not tied to 2048 bits.
     let b = Bridge::start(
         &tokens,
@@ -158,11 +163,21 @@ async fn kryoptic_uploads_every_private_key_spec_from_both_tiers_proven_in_kms()
     }
 
     // Keys generated in the bridge token: KMS holds the public key the vault shows.
-    for (alg, extra, kind) in [
+    // kryoptic drops the leading zero bytes of half of the P-521 scalars it generates (and 1 in
+    // 256 of the others); the vault measures each key and generates again, so four P-521 keys
+    // pass through that path with a chance of 15 in 16, and every one must reach AWS whole.
+    let generated = [
         ("rsa", json!({"size": 3072}), PrivateKind::Rsa3072),
         ("ec", json!({"curveid": "prime256v1"}), PrivateKind::EcP256),
-    ] {
-        let mut req = json!({"name": format!("generated-{alg}"), "algorithm": alg});
+        ("ec", json!({"curveid": "secp521r1"}), PrivateKind::EcP521),
+        ("ec", json!({"curveid": "secp521r1"}), PrivateKind::EcP521),
+        ("ec", json!({"curveid": "secp521r1"}), PrivateKind::EcP521),
+        ("ec", json!({"curveid": "secp521r1"}), PrivateKind::EcP521),
+    ];
+    for (n, (alg, extra, kind)) in generated.into_iter().enumerate() {
+        let alg = format!("{alg}-{n}");
+        let mut req =
+            json!({"name": format!("generated-{alg}"), "algorithm": alg.split('-').next()});
         req.as_object_mut()
             .expect("obj")
             .extend(extra.as_object().expect("obj").clone());
@@ -207,14 +222,48 @@ async fn kryoptic_uploads_every_private_key_spec_from_both_tiers_proven_in_kms()
         "{r}"
     );
     assert_eq!(kms_key_count(&kms).await, keys_before);
-    // Nor does it generate P-521 keys, whose scalar it often shortens.
-    let (s, r) = b
+
+    // A scalar whose first byte is zero. Imported, it is kept at full length and AWS takes it.
+    let der = {
+        use p256::pkcs8::EncodePrivateKey;
+        let sk = p256::SecretKey::from_slice(&d).expect("a P-256 scalar");
+        sk.to_pkcs8_der().expect("PKCS#8").as_bytes().to_vec()
+    };
+    let (s, k) = b
         .post(
             "/api/v1/vault/keys2",
-            &json!({"name": "p521", "algorithm": "ec", "curveid": "secp521r1"}),
+            &json!({"name": "zero-lead", "algorithm": "ec", "material": pkcs8_pem(&der)}),
         )
         .await;
-    assert_error(s, &r, 422, "import a P-521 key instead");
+    assert_eq!(s, StatusCode::CREATED, "{k}");
+    let (s, r) = b
+        .upload(body(
+            &b,
+            "local",
+            "zero-lead",
+            PrivateKind::EcP256,
+            "SIGN_VERIFY",
+            "zero-lead",
+        ))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let key = r["aws_param"]["KeyID"].as_str().expect("id").to_owned();
+    prove_private(&kms, &key, "SIGN_VERIFY", &material(&der)).await;
+    // Held short in a source token (as kryoptic's own key generation leaves such a key), it
+    // would export a PKCS#8 that AWS refuses after CreateKey: refused first, nothing in AWS.
+    let keys_before = kms_key_count(&kms).await;
+    let (s, r) = b
+        .upload(body(
+            &b,
+            "hsm-luna",
+            "short-scalar",
+            PrivateKind::EcP256,
+            "SIGN_VERIFY",
+            "short-scalar",
+        ))
+        .await;
+    assert_error(s, &r, 422, "without its leading zero byte");
+    assert_eq!(kms_key_count(&kms).await, keys_before);
 
     // Every object made for a wrap is gone again.
     assert_eq!(
