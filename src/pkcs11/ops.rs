@@ -530,29 +530,8 @@ pub fn rsa_aes_wrap(
                 .map_err(TokenError::ck("C_WrapKey (CKM_RSA_AES_KEY_WRAP)"))
         }),
         PrivateWrap::Composed { hash, kwp } => {
-            let t = [
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32u64.into()),
-                Attribute::Token(false),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(true),
-                Attribute::Wrap(true),
-                Attribute::Unwrap(false),
-                Attribute::Encrypt(false),
-                Attribute::Decrypt(false),
-                Attribute::Derive(false),
-                Attribute::Sign(false),
-                // Its one use: the RFC 5649 wrap of the target key.
-                Attribute::AllowedMechanisms(vec![kwp.mechanism_type()]),
-            ];
-            let ephemeral = guard(
-                session,
-                session
-                    .generate_key(&Mechanism::AesKeyGen, &t)
-                    .map_err(TokenError::ck("C_GenerateKey (ephemeral AES)"))?,
-            );
+            // Extractable: the RSA-OAEP layer wraps it for AWS; its one own use is the RFC 5649 wrap.
+            let ephemeral = single_use_wrapping_key(session, true, kwp.mechanism_type())?;
             let wrapped_key = kwp_wrap(session, kwp, ephemeral.handle(), key)?;
             let mut out = oaep_wrap(session, hash, wrapping, ephemeral.handle())?;
             out.extend_from_slice(&wrapped_key);
@@ -666,11 +645,12 @@ fn full_scalar_export_len(
     private_export_len(session, reference.handle()).map(Some)
 }
 
-/// How long a private key object's PKCS#8 export is, measured by wrapping it under a
-/// throwaway AES-GCM session key (the ciphertext is the plaintext's length plus the tag).
-/// The ciphertext is dropped and its key destroyed, so nothing of the material leaves the token.
-pub fn private_export_len(session: &Session, key: ObjectHandle) -> Result<usize, TokenError> {
-    const TAG_BITS: u64 = 128;
+/// An AES-256 session key generated for one wrap with one mechanism.
+fn single_use_wrapping_key(
+    session: &Session,
+    extractable: bool,
+    mechanism: MechanismType,
+) -> Result<SessionObject<'_>, TokenError> {
     let t = [
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
@@ -678,21 +658,27 @@ pub fn private_export_len(session: &Session, key: ObjectHandle) -> Result<usize,
         Attribute::Token(false),
         Attribute::Private(true),
         Attribute::Sensitive(true),
-        Attribute::Extractable(false),
+        Attribute::Extractable(extractable),
         Attribute::Wrap(true),
         Attribute::Unwrap(false),
         Attribute::Encrypt(false),
         Attribute::Decrypt(false),
         Attribute::Derive(false),
         Attribute::Sign(false),
-        Attribute::AllowedMechanisms(vec![MechanismType::AES_GCM]),
+        Attribute::AllowedMechanisms(vec![mechanism]),
     ];
-    let throwaway = guard(
-        session,
-        session
-            .generate_key(&Mechanism::AesKeyGen, &t)
-            .map_err(TokenError::ck("C_GenerateKey (throwaway AES)"))?,
-    );
+    let h = session
+        .generate_key(&Mechanism::AesKeyGen, &t)
+        .map_err(TokenError::ck("C_GenerateKey (single-use AES)"))?;
+    Ok(guard(session, h))
+}
+
+/// How long a private key object's PKCS#8 export is, measured by wrapping it under a
+/// throwaway AES-GCM session key (the ciphertext is the plaintext's length plus the tag).
+/// The ciphertext is dropped and its key destroyed, so nothing of the material leaves the token.
+pub fn private_export_len(session: &Session, key: ObjectHandle) -> Result<usize, TokenError> {
+    const TAG_BITS: u64 = 128;
+    let throwaway = single_use_wrapping_key(session, false, MechanismType::AES_GCM)?;
     // The key is used once, so a fixed nonce is safe.
     let mut iv = [0u8; 12];
     let params = GcmParams::new(&mut iv, &[], TAG_BITS.into())
