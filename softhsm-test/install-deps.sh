@@ -18,3 +18,4 @@ fi
 command -v pkcs11-tool >/dev/null || die "pkcs11-tool (opensc) is missing"
 "$(dirname "$0")/kms-emulator.sh" install
 "$(dirname "$0")/kmip-server.sh" install
+"$(dirname "$0")/postgres.sh" install

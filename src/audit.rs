@@ -11,12 +11,14 @@ use serde_json::Value;
 
 use crate::pkcs11::{Token, TokenError, ops};
 use crate::store::audit::{self, Event};
-use crate::store::{Store, StoreError};
+use crate::store::{Db, Store, StoreError};
 
 #[derive(Clone)]
 pub struct Auditor {
     store: Store,
     token: Arc<Token>,
+    /// Recorded with each seal: whose token's MAC it is.
+    node_id: Arc<str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +30,12 @@ pub enum AuditError {
 }
 
 impl Auditor {
-    pub fn new(store: Store, token: Arc<Token>) -> Self {
-        Self { store, token }
+    pub fn new(store: Store, token: Arc<Token>, node_id: String) -> Self {
+        Self {
+            store,
+            token,
+            node_id: node_id.into(),
+        }
     }
 
     /// Appends an event. A failure to record is logged (and the request goes on: the store
@@ -77,7 +83,10 @@ impl Auditor {
             })
             .await?;
         self.store
-            .call(move |c| audit::seal(c, seq, &hash, &mac))
+            .call({
+                let node = self.node_id.clone();
+                move |c| audit::seal(c, seq, &hash, &mac, &node)
+            })
             .await?;
         Ok(Some(seq))
     }
@@ -101,6 +110,9 @@ pub enum Verdict {
         entries: usize,
         seals: usize,
         last_sealed: Option<i64>,
+        /// Seals of other bridges of the store: their MAC is made by those bridges' tokens
+        /// and checked there; here only that they seal the entries the chain holds.
+        others: usize,
     },
     /// The first entry found altered or missing, and why.
     Broken { seq: i64, why: String },
@@ -108,15 +120,24 @@ pub enum Verdict {
 
 /// Walks the chain and checks every seal's MAC in the token.
 pub fn verify(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     token_session: &cryptoki::session::Session,
 ) -> Result<Verdict, AuditError> {
     let entries = audit::all(conn)?;
     let seals = audit::seals(conn)?;
+    verify_chain(&entries, &seals, token_session, None)
+}
+
+fn verify_chain(
+    entries: &[(audit::Entry, String)],
+    seals: &[audit::Seal],
+    token_session: &cryptoki::session::Session,
+    me: Option<&str>,
+) -> Result<Verdict, AuditError> {
     let mut prev = audit::GENESIS.to_vec();
     let mut expected_seq = 1;
     let mut hashes = std::collections::BTreeMap::new();
-    for (e, detail) in &entries {
+    for (e, detail) in entries {
         if e.seq != expected_seq {
             return Ok(Verdict::Broken {
                 seq: expected_seq,
@@ -164,8 +185,37 @@ pub fn verify(
     }
     let key = ops::audit_mac_key(token_session, false)?;
     let mut last_sealed = None;
-    for audit::Seal { seq, hash, mac } in &seals {
-        let Some(key) = key else {
+    let mut others = 0;
+    for audit::Seal {
+        seq,
+        hash,
+        mac,
+        node_id,
+    } in seals
+    {
+        let mine = match (node_id.as_deref(), me) {
+            (Some(n), Some(me)) => n == me,
+            _ => true,
+        };
+        if !mine {
+            others += 1;
+        }
+        let Some(key) = key.filter(|_| mine) else {
+            if !mine {
+                match hashes.get(seq) {
+                    Some(h) if h == hash => {}
+                    _ => {
+                        return Ok(Verdict::Broken {
+                            seq: *seq,
+                            why: format!(
+                                "entry {seq} differs from the one another bridge sealed, or is missing"
+                            ),
+                        });
+                    }
+                }
+                last_sealed = Some(*seq);
+                continue;
+            }
             return Ok(Verdict::Broken {
                 seq: *seq,
                 why: "the bridge token holds no audit MAC key to check the seals with".into(),
@@ -203,17 +253,15 @@ pub fn verify(
         entries: entries.len(),
         seals: seals.len(),
         last_sealed,
+        others,
     })
 }
 
 /// `hsm-bridge audit verify`: opens the store and the bridge token of `cfg` (read-only: the MAC
 /// key is never created here) and verifies the whole trail.
 pub fn verify_configured(cfg: &crate::config::Config) -> Result<Verdict, String> {
-    let conn = rusqlite::Connection::open_with_flags(
-        &cfg.store.path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .map_err(|e| format!("config key `store.path`: {}: {e}", cfg.store.path.display()))?;
+    let (entries, seals) = read_trail(cfg)?;
+    let me = crate::background::cluster::Membership::from_config(&cfg.cluster).node_id;
     let tc = cfg.vault_token();
     let index = cfg
         .tokens
@@ -224,10 +272,36 @@ pub fn verify_configured(cfg: &crate::config::Config) -> Result<Verdict, String>
     let token = Token::open(&modules, tc, index).map_err(|e| format!("token {}: {e}", tc.name))?;
     token
         .run_blocking(|s| {
-            verify(&conn, s).map_err(|e| match e {
+            verify_chain(&entries, &seals, s, Some(&me)).map_err(|e| match e {
                 AuditError::Token(t) => t,
                 AuditError::Store(st) => TokenError::Refused(st.to_string()),
             })
         })
         .map_err(|e| format!("token {}: {e}", tc.name))
+}
+
+/// The entries (with the detail text each hash covers) and the seals.
+type Trail = (Vec<(audit::Entry, String)>, Vec<audit::Seal>);
+
+/// The whole trail, read without changing the store (a SQLite file is opened read-only).
+fn read_trail(cfg: &crate::config::Config) -> Result<Trail, String> {
+    let what = cfg.store.describe();
+    let read = |db: &Db| -> Result<_, StoreError> { Ok((audit::all(db)?, audit::seals(db)?)) };
+    match cfg.store.location()? {
+        crate::store::Location::Sqlite(path) => {
+            let db = Store::open_read_only(path).map_err(|e| format!("{what}: {e}"))?;
+            read(&db).map_err(|e| format!("{what}: {e}"))
+        }
+        location => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let store = Store::open_at(location).await?;
+                store.call(move |db| read(db)).await
+            })
+            .map_err(|e| format!("{what}: {e}"))
+        }
+    }
 }

@@ -9,6 +9,7 @@
 mod jobs;
 mod roles;
 mod schedules;
+mod store;
 mod sync;
 mod tokens;
 
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 pub use jobs::JobsConfig;
 pub use roles::RolesConfig;
 pub use schedules::SchedulesConfig;
+pub use store::{ClusterConfig, StoreConfig};
 pub use sync::SyncConfig;
 pub use tokens::{TokenConfig, TokenRole};
 
@@ -65,6 +67,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub store: StoreConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
     #[serde(default)]
@@ -333,12 +337,6 @@ fn default_token_ttl() -> u64 {
 
 fn default_refresh_ttl() -> u64 {
     24 * 3600
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -894,6 +892,9 @@ impl Config {
         if let Err((key, why)) = self.jobs.check() {
             return Err(ConfigError::key(key, why));
         }
+        for check in [self.store.validate(), self.cluster.validate()] {
+            check.map_err(|(key, why)| ConfigError::key(key, why))?;
+        }
         if self.cleanup.interval_secs == 0 {
             return Err(ConfigError::key(
                 "cleanup.interval_secs",
@@ -934,6 +935,9 @@ impl Config {
                     files.push((format!("external_cm[{i}].{k}"), v.clone()));
                 }
             }
+        }
+        if let Some(f) = &self.store.password_file {
+            files.push(("store.password_file".to_owned(), f.clone()));
         }
         for (i, d) in self.dsm.iter().enumerate() {
             files.push((

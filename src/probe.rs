@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::store::Store;
 use serde_json::{Value, json};
 
 use crate::cckm::spec::KeySpec;
@@ -48,15 +49,17 @@ pub async fn run(cfg: &Config) -> Result<(Value, bool), TokenError> {
         None => None,
     };
     let (remote, remote_ok) = remotes(cfg, bridge).await;
+    let (store, store_ok) = store(cfg).await;
     Ok((
         json!({
+            "store": store,
             "tokens": tokens,
             "transport_public_key": transport.as_ref().map(|t| &t.0),
             "transport_public_key_fingerprint": transport.as_ref().map(|t| &t.1),
             "external_cm": remote["external_cm"],
             "dsm": remote["dsm"],
         }),
-        all_ok && remote_ok,
+        all_ok && remote_ok && store_ok,
     ))
 }
 
@@ -116,8 +119,88 @@ fn report(t: &Token, holds_vault: bool, problem: Option<String>) -> Value {
 }
 
 /// The human-readable form.
+/// The store: its backend, schema version, and the bridges sharing it heard from lately.
+async fn store(cfg: &Config) -> (Value, bool) {
+    let backend = cfg.store.backend_name();
+    let at = cfg.store.describe();
+    let membership = crate::background::cluster::Membership::from_config(&cfg.cluster);
+    let location = match cfg.store.location() {
+        Ok(l) => l,
+        Err(e) => return (json!({"backend": backend, "at": at, "error": e}), false),
+    };
+    match Store::inspect(location, membership.alive_since()).await {
+        Ok(None) => (
+            json!({"backend": backend, "at": at, "schema_version": null,
+                   "note": "not created yet: the daemon creates it at start"}),
+            true,
+        ),
+        Ok(Some(i)) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let members: Vec<Value> = i
+                .members
+                .iter()
+                .map(|n| {
+                    json!({"node": n.node_id, "host": n.host, "version": n.version,
+                           "started_at": n.started_at, "seen_seconds_ago": (now - n.seen_unix).max(0)})
+                })
+                .collect();
+            let newer = i.schema_version > crate::store::SCHEMA_VERSION;
+            (
+                json!({"backend": backend, "at": at, "schema_version": i.schema_version,
+                       "schema_version_of_this_bridge": crate::store::SCHEMA_VERSION,
+                       "members": members, "vault_kek_check": i.kek_check,
+                       "this_node": membership.node_id}),
+                !newer,
+            )
+        }
+        Err(e) => (
+            json!({"backend": backend, "at": at, "error": e.to_string()}),
+            false,
+        ),
+    }
+}
+
+fn render_store(report: &Value) -> String {
+    let s = &report["store"];
+    let mut out = format!(
+        "store: {} ({})",
+        s["backend"].as_str().unwrap_or(""),
+        s["at"].as_str().unwrap_or("")
+    );
+    if let Some(e) = s["error"].as_str() {
+        out.push_str(&format!(": NOT USABLE: {e}\n"));
+        return out;
+    }
+    match s["schema_version"].as_u64() {
+        Some(v) => out.push_str(&format!(
+            ", schema version {v} (this bridge: {})\n",
+            s["schema_version_of_this_bridge"]
+        )),
+        None => out.push_str(&format!(": {}\n", s["note"].as_str().unwrap_or(""))),
+    }
+    if let Some(k) = s["vault_kek_check"].as_str() {
+        out.push_str(&format!("  vault KEK check value: {k}\n"));
+    }
+    let members = s["members"].as_array().cloned().unwrap_or_default();
+    if !members.is_empty() {
+        out.push_str("  cluster members seen recently:\n");
+        for m in members {
+            out.push_str(&format!(
+                "    {} on {} (version {}, started {}), seen {} s ago\n",
+                m["node"].as_str().unwrap_or(""),
+                m["host"].as_str().unwrap_or(""),
+                m["version"].as_str().unwrap_or(""),
+                m["started_at"].as_str().unwrap_or(""),
+                m["seen_seconds_ago"]
+            ));
+        }
+    }
+    out
+}
+
 pub fn render(report: &Value) -> String {
-    let mut out = render_tokens(report);
+    let mut out = render_store(report);
+    out.push_str(&render_tokens(report));
     out.push_str(&render_remotes(report));
     if let Some(pem) = report["transport_public_key"].as_str() {
         out.push_str(

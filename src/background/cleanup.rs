@@ -11,6 +11,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::background::cluster::Membership;
 use crate::cckm::record::aws_time;
 use crate::cckm::request::UPLOAD_TAG;
 use crate::cckm::upload::LiveAttempts;
@@ -22,6 +23,7 @@ pub struct Cleaner {
     pub kms: Arc<KmsRegistry>,
     pub store: Store,
     pub live: LiveAttempts,
+    pub membership: Membership,
     pub interval: Duration,
     pub detailed_errors: bool,
 }
@@ -114,9 +116,19 @@ impl Cleaner {
             if self.live.contains(&a.id) || !self.due(&a) {
                 continue;
             }
+            // An attempt another live bridge runs (or cleans) is its own; that bridge's
+            // death hands it over.
+            if self
+                .membership
+                .owned_by_other_live_node(&self.store, a.node_id.as_deref())
+                .await
+            {
+                continue;
+            }
             let claimed = {
                 let a = a.clone();
-                self.store.call(move |c| attempts::claim(c, &a)).await
+                let me = self.membership.node_id.clone();
+                self.store.call(move |c| attempts::claim(c, &a, &me)).await
             };
             match claimed {
                 Ok(true) => {}

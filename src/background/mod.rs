@@ -3,6 +3,7 @@
 //! for through the API, what keys schedule (rotations, lease renewals), and bulk upload jobs.
 
 pub mod cleanup;
+pub mod cluster;
 pub mod schedules;
 pub mod sync;
 pub mod upload_jobs;

@@ -4,12 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::background::cluster::Membership;
 use crate::cckm::manage::KeyManager;
 use crate::config::SchedulesConfig;
+use crate::store::Store;
+
+/// The bridge that holds this lease works the schedules; it renews it before each key, and
+/// stops its pass if it lost it (its store was out of reach longer than a node timeout).
+const LEASE: &str = "schedules";
 
 pub struct Scheduler {
     pub keys: Arc<KeyManager>,
     pub cfg: SchedulesConfig,
+    pub store: Store,
+    pub membership: Membership,
 }
 
 impl Scheduler {
@@ -18,9 +26,15 @@ impl Scheduler {
         let pace = Duration::from_secs_f64(60.0 / f64::from(self.cfg.keys_per_minute.max(1)));
         loop {
             tokio::time::sleep(every).await;
+            if !self.membership.lease(&self.store, LEASE).await {
+                continue;
+            }
             match self.keys.due_rotations().await {
                 Ok(ids) => {
                     for id in ids {
+                        if !self.membership.lease(&self.store, LEASE).await {
+                            break;
+                        }
                         self.keys.run_scheduled_rotation(&id, every.as_secs()).await;
                         tokio::time::sleep(pace).await;
                     }
@@ -30,6 +44,9 @@ impl Scheduler {
             match self.keys.due_renewals().await {
                 Ok(ids) => {
                     for id in ids {
+                        if !self.membership.lease(&self.store, LEASE).await {
+                            break;
+                        }
                         self.keys.renew_lease(&id, every.as_secs()).await;
                         tokio::time::sleep(pace).await;
                     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+use crate::background::cluster::Membership;
 use crate::cckm::manage::{KeyManager, Synced};
 use crate::error::DomainError;
 use crate::store::sync_jobs::{self, Progress, SyncJob, status};
@@ -18,6 +19,7 @@ pub struct Synchronizer {
     pub store: Store,
     pub keys_per_second: u32,
     pub interval: Option<Duration>,
+    pub membership: Membership,
     /// One job runs at a time; the others wait (`queued`).
     running: Mutex<()>,
 }
@@ -28,12 +30,14 @@ impl Synchronizer {
         store: Store,
         keys_per_second: u32,
         interval: Option<Duration>,
+        membership: Membership,
     ) -> Self {
         Self {
             manager,
             store,
             keys_per_second: keys_per_second.max(1),
             interval,
+            membership,
             running: Mutex::new(()),
         }
     }
@@ -47,10 +51,11 @@ impl Synchronizer {
     ) -> Result<SyncJob, DomainError> {
         let id = uuid::Uuid::new_v4().to_string();
         let (i, k, r) = (id.clone(), kms.clone(), regions.clone());
+        let node = self.membership.node_id.clone();
         let job = self
             .store
             .call(move |c| {
-                sync_jobs::create(c, &i, &k, &r, origin)?;
+                sync_jobs::create(c, &i, &k, &r, origin, &node)?;
                 sync_jobs::get(c, &i)
             })
             .await?
@@ -155,24 +160,41 @@ impl Synchronizer {
         }
     }
 
-    /// The periodic synchronization (nothing when it is off). Jobs a previous process left
-    /// running are closed first.
-    pub async fn run_forever(self: Arc<Self>) {
-        match self.store.call(|c| sync_jobs::abandon_unfinished(c)).await {
+    /// Closes the jobs a stopped bridge left running: this node's previous process (`mine`)
+    /// and nodes no longer heard from.
+    async fn abandon_unfinished(&self, mine: bool) {
+        let me = mine.then(|| self.membership.node_id.clone());
+        let since = self.membership.alive_since();
+        match self
+            .store
+            .call(move |c| sync_jobs::abandon_unfinished(c, me.as_deref(), since))
+            .await
+        {
             Ok(n) if n > 0 => tracing::warn!(
                 jobs = n,
-                "synchronization jobs of a previous run were left unfinished"
+                "synchronization jobs of a stopped bridge were left unfinished"
             ),
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "could not close unfinished synchronization jobs")
             }
         }
+    }
+
+    /// The periodic synchronization (nothing when it is off), run by one bridge of the
+    /// cluster at a time (the holder of the `periodic-sync` lease). Jobs a previous process
+    /// left running are closed first.
+    pub async fn run_forever(self: Arc<Self>) {
+        self.abandon_unfinished(true).await;
         let Some(every) = self.interval else {
             return;
         };
         loop {
             tokio::time::sleep(every).await;
+            self.abandon_unfinished(false).await;
+            if !self.membership.lease(&self.store, "periodic-sync").await {
+                continue;
+            }
             match self.start(Vec::new(), Vec::new(), "periodic").await {
                 // Wait for it, so that periodic jobs never pile up.
                 Ok(_) => drop(self.running.lock().await),

@@ -26,6 +26,7 @@ pub struct JobRunner {
     pub auditor: crate::audit::Auditor,
     /// Woken when a job is submitted.
     pub wake: Arc<Notify>,
+    pub membership: crate::background::cluster::Membership,
 }
 
 /// Longest wait before a retried item runs again.
@@ -38,7 +39,7 @@ fn now_unix() -> i64 {
 impl JobRunner {
     pub async fn run_forever(self: Arc<Self>) {
         loop {
-            match self.resume().await {
+            match self.resume(true).await {
                 Ok(n) if n > 0 => tracing::info!(
                     items = n,
                     "upload job items of a previous run looked at again"
@@ -53,6 +54,14 @@ impl JobRunner {
             break;
         }
         loop {
+            // Items of a bridge that died are taken over once it is no longer heard from.
+            match self.resume(false).await {
+                Ok(n) if n > 0 => {
+                    tracing::warn!(items = n, "upload job items of a stopped bridge taken over")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "could not look for orphaned job items"),
+            }
             let jobs = match self.store.call(|c| upload_jobs::runnable(c)).await {
                 Ok(j) => j,
                 Err(e) => {
@@ -79,12 +88,14 @@ impl JobRunner {
     /// already (an item that brings the process down must not do so for ever), else pending
     /// again — to run once the cleaner has settled the attempt they left (see `claim`).
     /// Answers how many it looked at.
-    async fn resume(&self) -> Result<usize, StoreError> {
+    async fn resume(&self, mine: bool) -> Result<usize, StoreError> {
         let most = self.cfg.item_attempts;
+        let me = mine.then(|| self.membership.node_id.clone());
+        let since = self.membership.alive_since();
         let (n, found) = self
             .store
             .call(move |c| {
-                let running = upload_jobs::running(c)?;
+                let running = upload_jobs::running(c, me.as_deref(), since)?;
                 let mut found = Vec::new();
                 for it in &running {
                     let Some(attempt) = it.upload_id.as_deref() else {
@@ -154,9 +165,10 @@ impl JobRunner {
         loop {
             while running.len() < self.cfg.concurrency {
                 let j = job.to_owned();
+                let node = self.membership.node_id.clone();
                 let claimed = self
                     .store
-                    .call_relaxed(move |c| upload_jobs::claim(c, &j, now_unix()))
+                    .call_relaxed(move |c| upload_jobs::claim(c, &j, now_unix(), &node))
                     .await;
                 match claimed {
                     Ok(Some(item)) => {

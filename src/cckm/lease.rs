@@ -15,7 +15,7 @@ use crate::error::DomainError;
 use crate::store::{aws_keys, format_time, history};
 
 /// Where the lease's next renewal sits in the record (what the scheduler queries).
-pub const DUE_PATH: &str = "$.lease.next_unix";
+pub const DUE_PATH: &[&str] = &["lease", "next_unix"];
 
 /// The record's `lease` after material good until `expires` was imported at `at`.
 pub fn fresh(lease: Lease, at: OffsetDateTime, expires: OffsetDateTime) -> Value {

@@ -18,7 +18,7 @@ use crate::unused_fields;
 use crate::vocabulary::{Unused, Vocabulary};
 
 /// Where the schedule's next due time sits in the record (what the scheduler queries).
-pub const DUE_PATH: &str = "$.rotation_schedule.next_unix";
+pub const DUE_PATH: &[&str] = &["rotation_schedule", "next_unix"];
 
 /// The body of `enable-rotation-job`. CipherTrust's `job_config_id` names a scheduler of its
 /// own; the bridge keeps the period itself (`rotation_period_days`).

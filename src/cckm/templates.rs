@@ -152,13 +152,7 @@ pub async fn delete(store: &Store, id_or_name: &str) -> Result<(), DomainError> 
     let in_use = {
         let id = id.clone();
         store
-            .call(move |c| {
-                Ok(c.query_row(
-                    "SELECT COUNT(*) FROM aws_keys WHERE json_extract(record, '$.policy_template_id') = ?1",
-                    [id],
-                    |r| r.get::<_, u64>(0),
-                )?)
-            })
+            .call(move |c| crate::store::templates::usage_count(c, &id))
             .await?
     };
     if in_use > 0 {

@@ -76,6 +76,8 @@ pub struct Uploader {
     pub detailed_errors: bool,
     /// `schedules.allow_seconds`: leases in seconds (test configurations only).
     pub allow_seconds: bool,
+    /// This bridge's name in the cluster: the owner recorded on its attempts.
+    pub node_id: String,
 }
 
 struct Ctx<'a> {
@@ -173,6 +175,7 @@ impl Uploader {
             source_tier: req.tier.as_str().to_owned(),
             source_key: req.source.clone(),
             alias: req.alias.as_ref().map(|a| a.as_str().to_owned()),
+            node_id: Some(self.node_id.clone()),
         };
         self.store.call(move |c| attempts::begin(c, &new)).await?;
 

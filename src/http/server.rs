@@ -102,6 +102,9 @@ fn forbid_dumps() {
     }
 }
 
+/// The `store_meta` entry holding the vault KEK's check value.
+const KEK_CHECK: &str = "vault_kek_check";
+
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     forbid_dumps();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -112,21 +115,49 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     };
     let auth =
         Authenticator::from_config(&cfg.auth).map_err(|e| ServeError::Setup(e.to_string()))?;
-    let store = Store::open(&cfg.store.path).map_err(|e| {
-        ServeError::Setup(format!(
-            "config key `store.path`: {}: {e}",
-            cfg.store.path.display()
-        ))
-    })?;
-    let token_cfg = cfg.clone();
-    let tokens = tokio::task::spawn_blocking(move || TokenSet::open(&token_cfg))
+    let location = cfg.store.location().map_err(ServeError::Setup)?;
+    let store = Store::open_at(location)
         .await
-        .map_err(|e| ServeError::Setup(e.to_string()))?
-        .map_err(|e| match e {
-            crate::pkcs11::TokenError::PinRefused(why) => ServeError::PinRefused(why),
-            e => ServeError::Setup(e.to_string()),
-        })?;
+        .map_err(|e| ServeError::Setup(format!("{}: {e}", cfg.store.describe())))?;
+    let kek_check = store
+        .call(|c| crate::store::cluster::meta(c, KEK_CHECK))
+        .await
+        .map_err(|e| ServeError::Setup(format!("{}: {e}", cfg.store.describe())))?;
+    let token_cfg = cfg.clone();
+    let expected = kek_check.clone();
+    let tokens =
+        tokio::task::spawn_blocking(move || TokenSet::open(&token_cfg, expected.as_deref()))
+            .await
+            .map_err(|e| ServeError::Setup(e.to_string()))?
+            .map_err(|e| match e {
+                crate::pkcs11::TokenError::PinRefused(why) => ServeError::PinRefused(why),
+                e => ServeError::Setup(e.to_string()),
+            })?;
+    // The first bridge to start records its KEK's check value; every later start (of any
+    // bridge of the store) must match it.
+    if let Some(have) = tokens.kek_check().map(str::to_owned) {
+        let h = have.clone();
+        let held = store
+            .call(move |c| crate::store::cluster::meta_set_once(c, KEK_CHECK, &h))
+            .await
+            .map_err(|e| ServeError::Setup(format!("{}: {e}", cfg.store.describe())))?;
+        if held != have {
+            return Err(ServeError::Setup(format!(
+                "token {}: its KEK is not the one the store's vault keys are wrapped under (check value {have}, the store holds {held}): give every bridge of the store the same KEK",
+                tokens.vault().name
+            )));
+        }
+        tracing::info!(kek_check = %have, "vault KEK matches the store");
+    }
     let tokens = Arc::new(tokens);
+    // A member of the cluster from here on: its store and its KEK are the cluster's.
+    let membership = crate::background::cluster::Membership::from_config(&cfg.cluster);
+    membership
+        .beat(&store)
+        .await
+        .map_err(|e| ServeError::Setup(format!("{}: {e}", cfg.store.describe())))?;
+    tracing::info!(node = %membership.node_id, backend = cfg.store.backend_name(), "store open");
+    tokio::spawn(membership.clone().beat_forever(store.clone()));
     let cms = cfg
         .external_cm
         .iter()
@@ -178,6 +209,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         live: live.clone(),
         detailed_errors: cfg.logging.detailed_errors,
         allow_seconds: cfg.schedules.allow_seconds,
+        node_id: membership.node_id.clone(),
     });
     let keys = Arc::new(crate::cckm::manage::KeyManager {
         uploader: uploader.clone(),
@@ -189,12 +221,15 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         store.clone(),
         cfg.sync.keys_per_second,
         (cfg.sync.interval_secs > 0).then(|| Duration::from_secs(cfg.sync.interval_secs)),
+        membership.clone(),
     ));
     tokio::spawn(sync.clone().run_forever());
     tokio::spawn(
         crate::background::schedules::Scheduler {
             keys: keys.clone(),
             cfg: cfg.schedules.clone(),
+            store: store.clone(),
+            membership: membership.clone(),
         }
         .run_forever(),
     );
@@ -206,7 +241,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             retention.clamp(Duration::from_secs(1), Duration::from_secs(3600)),
         ));
     }
-    let auditor = crate::audit::Auditor::new(store.clone(), tokens.vault().clone());
+    let auditor = crate::audit::Auditor::new(
+        store.clone(),
+        tokens.vault().clone(),
+        membership.node_id.clone(),
+    );
     auditor
         .event(
             "hsm-bridge",
@@ -232,6 +271,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         cfg: cfg.jobs.clone(),
         auditor: auditor.clone(),
         wake: Arc::new(tokio::sync::Notify::new()),
+        membership: membership.clone(),
     });
     tokio::spawn(upload_jobs.clone().run_forever());
     let state = AppState {
@@ -279,6 +319,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         kms,
         store,
         live,
+        membership: membership.clone(),
         interval: Duration::from_secs(cfg.cleanup.interval_secs),
         detailed_errors: cfg.logging.detailed_errors,
     };

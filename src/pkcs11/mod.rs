@@ -22,6 +22,8 @@ use crate::config::{Config, TokenRole};
 pub struct TokenSet {
     tokens: Vec<Arc<Token>>,
     vault: usize,
+    /// The vault KEK's check value (see `ops::kek_check_value`), where the token wraps.
+    kek_check: Option<String>,
 }
 
 /// One token as `probe` sees it: opened and self-tested, or why not.
@@ -82,7 +84,9 @@ fn open_each(cfg: &Config) -> Result<Vec<Probed>, TokenError> {
 impl TokenSet {
     /// Opens every token, logs in, runs the self-test and makes sure the vault KEK exists;
     /// any token that fails or proves too little stops the start. Blocking; called once.
-    pub fn open(cfg: &Config) -> Result<Self, TokenError> {
+    /// `kek_check` is the KEK check value the store holds (its vault keys are wrapped under
+    /// that KEK): then the KEK is never created here, and a token whose KEK differs is refused.
+    pub fn open(cfg: &Config, kek_check: Option<&str>) -> Result<Self, TokenError> {
         let mut tokens = Vec::new();
         for p in open_each(cfg)? {
             let t = p.token?;
@@ -106,11 +110,34 @@ impl TokenSet {
             storage,
             oaep: tokens[vault].capabilities().and_then(|c| c.best_oaep()),
         };
-        let found = tokens[vault].run_blocking(|s| {
-            ops::ensure_kek(s, &raw, &kek_label, storage)?;
+        let name = tokens[vault].name.clone();
+        let (found, check) = tokens[vault].run_blocking(|s| {
+            if let Some(want) = kek_check
+                && ops::find_kek(s, &kek_label)?.is_none()
+            {
+                return Err(TokenError::Refused(format!(
+                    "token {name} has no KEK labelled \"{kek_label}\", and the store's vault keys are \
+                     wrapped under one (check value {want}): give this token the same KEK as the other \
+                     bridges of the store (the same partition or HA group, or the KEK provisioned with \
+                     the same value and CKA_ID)"
+                )));
+            }
+            let (kek, _) = ops::ensure_kek(s, &raw, &kek_label, storage)?;
+            let check = storage
+                .map(|m| ops::kek_check_value(s, m, kek))
+                .transpose()?;
+            if let (Some(want), Some(have)) = (kek_check, check.as_deref())
+                && want != have
+            {
+                return Err(TokenError::Refused(format!(
+                    "token {name}: its KEK \"{kek_label}\" is not the one the store's vault keys are \
+                     wrapped under (check value {have}, the store holds {want}): give every bridge of \
+                     the store the same KEK"
+                )));
+            }
             ops::audit_mac_key(s, true)?;
             ops::ensure_transport_key(s, &raw, ops::TRANSPORT_LABEL)?;
-            restrictions::check(s, &raw, &kek_label, &tries)
+            Ok((restrictions::check(s, &raw, &kek_label, &tries)?, check))
         })?;
         for r in &found {
             if r.state == restrictions::State::NotHonoured {
@@ -120,7 +147,11 @@ impl TokenSet {
             }
         }
         tokens[vault].set_restrictions(found);
-        Ok(Self { tokens, vault })
+        Ok(Self {
+            tokens,
+            vault,
+            kek_check: check,
+        })
     }
 
     /// Every token, whatever happened to it; nothing in the tokens is changed.
@@ -134,6 +165,10 @@ impl TokenSet {
 
     pub fn vault(&self) -> &Arc<Token> {
         &self.tokens[self.vault]
+    }
+
+    pub fn kek_check(&self) -> Option<&str> {
+        self.kek_check.as_deref()
     }
 
     pub fn sources(&self) -> impl Iterator<Item = &Arc<Token>> {

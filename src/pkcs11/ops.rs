@@ -324,6 +324,36 @@ pub fn ensure_kek(
         .ok_or_else(|| TokenError::Refused(format!("the new KEK \"{label}\" cannot be found")))
 }
 
+/// A check value of the KEK, the same in every token that holds the same KEK: the first 16
+/// bytes (hex) of SHA-256 over its RFC 5649 wrap of a fixed all-zero AES-256 key. RFC 5649
+/// is deterministic, so two tokens with one KEK agree; the digest reveals nothing of the KEK
+/// and is no wrapped key anyone could unwrap.
+pub fn kek_check_value(
+    session: &Session,
+    mech: RawMechanism,
+    kek: ObjectHandle,
+) -> Result<String, TokenError> {
+    use sha2::{Digest, Sha256};
+    let t = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Value(vec![0u8; 32]),
+    ];
+    let probe = session
+        .create_object(&t)
+        .map_err(TokenError::ck("C_CreateObject (KEK check key)"))?;
+    let probe = guard(session, probe);
+    let wrapped = kwp_wrap(session, mech, kek, probe.handle())?;
+    Ok(hex::encode(&Sha256::digest(&wrapped)[..16]))
+}
+
 /// The label of the audit log's MAC key in the bridge token.
 pub const AUDIT_MAC_LABEL: &str = "hsm-bridge-audit-mac";
 

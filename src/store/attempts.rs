@@ -1,10 +1,9 @@
 //! Upload attempts: every upload is recorded before its AWS key is created, so that a key
 //! left half-made by a failure (or by the daemon dying) is found and scheduled for deletion.
 
-use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{StoreError, now_rfc3339};
+use super::{Db, Row, StoreError, now_rfc3339, params};
 
 /// Where an attempt stands.
 pub mod state {
@@ -42,6 +41,9 @@ pub struct Attempt {
     pub cleanup_error: Option<String>,
     pub cleanup_tries: u32,
     pub deletion_date: Option<String>,
+    /// The bridge that runs (or last ran) the attempt.
+    #[serde(rename = "node")]
+    pub node_id: Option<String>,
     #[serde(rename = "createdAt")]
     pub created_at: String,
     #[serde(rename = "updatedAt")]
@@ -49,9 +51,9 @@ pub struct Attempt {
 }
 
 const COLUMNS: &str = "id, request_id, kms_id, kms_name, region, source_tier, source_key, aws_key_id, \
-    aws_key_arn, stage, state, error, cleanup_error, cleanup_tries, deletion_date, created_at, updated_at, alias";
+    aws_key_arn, stage, state, error, cleanup_error, cleanup_tries, deletion_date, created_at, updated_at, alias, node_id";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
+fn from_row(r: &Row) -> Result<Attempt, StoreError> {
     Ok(Attempt {
         id: r.get(0)?,
         request_id: r.get(1)?,
@@ -71,6 +73,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
         created_at: r.get(15)?,
         updated_at: r.get(16)?,
         alias: r.get(17)?,
+        node_id: r.get(18)?,
     })
 }
 
@@ -83,14 +86,14 @@ pub struct NewAttempt {
     pub source_tier: String,
     pub source_key: String,
     pub alias: Option<String>,
+    pub node_id: Option<String>,
 }
 
-pub fn begin(conn: &rusqlite::Connection, a: &NewAttempt) -> Result<(), StoreError> {
+pub fn begin(conn: &Db, a: &NewAttempt) -> Result<(), StoreError> {
     let now = now_rfc3339();
-    super::exec(
-        conn,
-        "INSERT INTO upload_attempts (id, request_id, kms_id, kms_name, region, source_tier, source_key, \
-         alias, stage, state, created_at, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?10,'CreateKey',?8,?9,?9)",
+    conn.exec(
+"INSERT INTO upload_attempts (id, request_id, kms_id, kms_name, region, source_tier, source_key, \
+         alias, stage, state, created_at, updated_at, node_id) VALUES (?1,?2,?3,?4,?5,?6,?7,?10,'CreateKey',?8,?9,?9,?11)",
         params![
             a.id,
             a.request_id,
@@ -101,38 +104,31 @@ pub fn begin(conn: &rusqlite::Connection, a: &NewAttempt) -> Result<(), StoreErr
             a.source_key,
             state::CREATING,
             now,
-            a.alias
+            a.alias,
+            a.node_id
         ],
     )?;
     Ok(())
 }
 
-pub fn key_created(
-    conn: &rusqlite::Connection,
-    id: &str,
-    key_id: &str,
-    arn: &str,
-) -> Result<(), StoreError> {
-    super::exec(
-        conn,
-        "UPDATE upload_attempts SET aws_key_id = ?2, aws_key_arn = ?3, state = ?4, updated_at = ?5 WHERE id = ?1",
+pub fn key_created(conn: &Db, id: &str, key_id: &str, arn: &str) -> Result<(), StoreError> {
+    conn.exec(
+"UPDATE upload_attempts SET aws_key_id = ?2, aws_key_arn = ?3, state = ?4, updated_at = ?5 WHERE id = ?1",
         params![id, key_id, arn, state::IN_PROGRESS, now_rfc3339()],
     )?;
     Ok(())
 }
 
-pub fn set_key(conn: &rusqlite::Connection, id: &str, key_id: &str) -> Result<(), StoreError> {
-    super::exec(
-        conn,
+pub fn set_key(conn: &Db, id: &str, key_id: &str) -> Result<(), StoreError> {
+    conn.exec(
         "UPDATE upload_attempts SET aws_key_id = COALESCE(aws_key_id, ?2) WHERE id = ?1",
         params![id, key_id],
     )?;
     Ok(())
 }
 
-pub fn stage(conn: &rusqlite::Connection, id: &str, stage: &str) -> Result<(), StoreError> {
-    super::exec(
-        conn,
+pub fn stage(conn: &Db, id: &str, stage: &str) -> Result<(), StoreError> {
+    conn.exec(
         "UPDATE upload_attempts SET stage = ?2, updated_at = ?3 WHERE id = ?1",
         params![id, stage, now_rfc3339()],
     )?;
@@ -140,54 +136,52 @@ pub fn stage(conn: &rusqlite::Connection, id: &str, stage: &str) -> Result<(), S
 }
 
 /// Marks an in-progress upload completed; `false` if it is no longer in progress.
-pub fn complete(conn: &rusqlite::Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(super::exec(
-        conn,
+pub fn complete(conn: &Db, id: &str) -> Result<bool, StoreError> {
+    Ok(conn.exec(
         "UPDATE upload_attempts SET state = ?2, updated_at = ?3 WHERE id = ?1 AND state = ?4",
         params![id, state::COMPLETED, now_rfc3339(), state::IN_PROGRESS],
     )? > 0)
 }
 
-/// The cleaner takes an attempt only if nobody changed it since it was read.
-pub fn claim(conn: &rusqlite::Connection, a: &Attempt) -> Result<bool, StoreError> {
-    Ok(super::exec(
-        conn,
-        "UPDATE upload_attempts SET state = ?2, updated_at = ?3 \
+/// The cleaner of `node` takes an attempt only if nobody changed it since it was read (on
+/// any bridge of the store).
+pub fn claim(conn: &Db, a: &Attempt, node: &str) -> Result<bool, StoreError> {
+    Ok(conn.exec(
+        "UPDATE upload_attempts SET state = ?2, updated_at = ?3, node_id = ?6 \
          WHERE id = ?1 AND state = ?4 AND updated_at = ?5",
-        params![a.id, state::CLEANING, now_rfc3339(), a.state, a.updated_at],
+        params![
+            a.id,
+            state::CLEANING,
+            now_rfc3339(),
+            a.state,
+            a.updated_at,
+            node
+        ],
     )? > 0)
 }
 
-pub fn finish(
-    conn: &rusqlite::Connection,
-    id: &str,
-    new_state: &str,
-    error: Option<&str>,
-) -> Result<(), StoreError> {
-    super::exec(
-        conn,
-        "UPDATE upload_attempts SET state = ?2, error = COALESCE(?3, error), updated_at = ?4 WHERE id = ?1",
+pub fn finish(conn: &Db, id: &str, new_state: &str, error: Option<&str>) -> Result<(), StoreError> {
+    conn.exec(
+"UPDATE upload_attempts SET state = ?2, error = COALESCE(?3, error), updated_at = ?4 WHERE id = ?1",
         params![id, new_state, error, now_rfc3339()],
     )?;
     Ok(())
 }
 
 pub fn cleanup_result(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     id: &str,
     outcome: Result<Option<&str>, &str>,
 ) -> Result<(), StoreError> {
     let now = now_rfc3339();
     match outcome {
-        Ok(deletion_date) => super::exec(
-            conn,
-            "UPDATE upload_attempts SET state = ?2, deletion_date = ?3, cleanup_error = NULL, \
+        Ok(deletion_date) => conn.exec(
+"UPDATE upload_attempts SET state = ?2, deletion_date = ?3, cleanup_error = NULL, \
              cleanup_tries = cleanup_tries + 1, updated_at = ?4 WHERE id = ?1",
             params![id, state::CLEANED, deletion_date, now],
         )?,
-        Err(e) => super::exec(
-            conn,
-            "UPDATE upload_attempts SET state = ?2, cleanup_error = ?3, cleanup_tries = cleanup_tries + 1, \
+        Err(e) => conn.exec(
+"UPDATE upload_attempts SET state = ?2, cleanup_error = ?3, cleanup_tries = cleanup_tries + 1, \
              updated_at = ?4 WHERE id = ?1",
             params![id, state::CLEANUP_PENDING, e, now],
         )?,
@@ -196,9 +190,8 @@ pub fn cleanup_result(
 }
 
 /// CreateKey's answer was lost; the key was found by its tag.
-pub fn mark_uncertain(conn: &rusqlite::Connection, id: &str) -> Result<(), StoreError> {
-    super::exec(
-        conn,
+pub fn mark_uncertain(conn: &Db, id: &str) -> Result<(), StoreError> {
+    conn.exec(
         "UPDATE upload_attempts SET create_uncertain = 1, updated_at = ?2 WHERE id = ?1",
         params![id, now_rfc3339()],
     )?;
@@ -206,8 +199,8 @@ pub fn mark_uncertain(conn: &rusqlite::Connection, id: &str) -> Result<(), Store
 }
 
 /// Completed attempts whose CreateKey answer was lost: the cleaner checks their tag.
-pub fn uncertain_completed(conn: &rusqlite::Connection) -> Result<Vec<Attempt>, StoreError> {
-    let mut stmt = conn.prepare(&format!(
+pub fn uncertain_completed(conn: &Db) -> Result<Vec<Attempt>, StoreError> {
+    let stmt = conn.prepare_sql(&format!(
         "SELECT {COLUMNS} FROM upload_attempts WHERE create_uncertain = 1 AND state = ?1"
     ))?;
     let rows = stmt
@@ -216,29 +209,26 @@ pub fn uncertain_completed(conn: &rusqlite::Connection) -> Result<Vec<Attempt>, 
     Ok(rows)
 }
 
-pub fn clear_uncertain(conn: &rusqlite::Connection, id: &str) -> Result<(), StoreError> {
-    super::exec(
-        conn,
+pub fn clear_uncertain(conn: &Db, id: &str) -> Result<(), StoreError> {
+    conn.exec(
         "UPDATE upload_attempts SET create_uncertain = 0 WHERE id = ?1",
         [id],
     )?;
     Ok(())
 }
 
-pub fn get(conn: &rusqlite::Connection, id: &str) -> Result<Option<Attempt>, StoreError> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM upload_attempts WHERE id = ?1"),
-            [id],
-            from_row,
-        )
-        .optional()?)
+pub fn get(conn: &Db, id: &str) -> Result<Option<Attempt>, StoreError> {
+    conn.query_opt_map(
+        &format!("SELECT {COLUMNS} FROM upload_attempts WHERE id = ?1"),
+        [id],
+        from_row,
+    )
 }
 
-pub fn in_states(conn: &rusqlite::Connection, states: &[&str]) -> Result<Vec<Attempt>, StoreError> {
+pub fn in_states(conn: &Db, states: &[&str]) -> Result<Vec<Attempt>, StoreError> {
     let mut out = Vec::new();
     for s in states {
-        let mut stmt = conn.prepare(&format!(
+        let stmt = conn.prepare_sql(&format!(
             "SELECT {COLUMNS} FROM upload_attempts WHERE state = ?1 ORDER BY created_at"
         ))?;
         let rows = stmt
@@ -250,18 +240,18 @@ pub fn in_states(conn: &rusqlite::Connection, states: &[&str]) -> Result<Vec<Att
 }
 
 pub fn list(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     state_filter: Option<&str>,
     skip: u32,
     limit: u32,
 ) -> Result<(u64, Vec<Attempt>), StoreError> {
-    let total: u64 = conn.query_row(
-        "SELECT COUNT(*) FROM upload_attempts WHERE ?1 IS NULL OR state = ?1",
+    let total: u64 = conn.query_one_map(
+        "SELECT COUNT(*) FROM upload_attempts WHERE CAST(?1 AS TEXT) IS NULL OR state = ?1",
         [state_filter],
         |r| r.get(0),
     )?;
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM upload_attempts WHERE ?1 IS NULL OR state = ?1 \
+    let stmt = conn.prepare_sql(&format!(
+        "SELECT {COLUMNS} FROM upload_attempts WHERE CAST(?1 AS TEXT) IS NULL OR state = ?1 \
          ORDER BY created_at DESC, id LIMIT ?2 OFFSET ?3"
     ))?;
     let rows = stmt

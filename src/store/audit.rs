@@ -3,11 +3,10 @@
 //! bridge token. Entries hold who did what and how it ended, never material, tokens or
 //! passwords.
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{StoreError, now_rfc3339};
+use super::{Db, Row, StoreError, now_rfc3339, params};
 
 /// What happened, as the caller of [`append`] says it.
 #[derive(Debug, Clone)]
@@ -57,15 +56,18 @@ pub fn entry_hash(prev: &[u8], seq: i64, fields: [&str; 6]) -> Vec<u8> {
 }
 
 /// Appends an entry after the current head; its sequence number.
-pub fn append(conn: &mut rusqlite::Connection, e: &Event) -> Result<i64, StoreError> {
+pub fn append(conn: &mut Db, e: &Event) -> Result<i64, StoreError> {
     let tx = conn.transaction()?;
-    let last: Option<(i64, Vec<u8>)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    // One chain for every bridge on the store: appenders take turns (SQLite's write lock
+    // does this by itself).
+    if tx.dialect() == super::Dialect::Postgres {
+        tx.batch("SELECT pg_advisory_xact_lock(7205759403792794)")?;
+    }
+    let last: Option<(i64, Vec<u8>)> = tx.query_opt_map(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let (seq, prev) = match last {
         Some((s, h)) => (s + 1, h),
         None => (1, GENESIS.to_vec()),
@@ -77,9 +79,7 @@ pub fn append(conn: &mut rusqlite::Connection, e: &Event) -> Result<i64, StoreEr
         seq,
         [&at, &e.actor, &e.action, &e.outcome, &e.request_id, &detail],
     );
-    super::exec(
-        &tx,
-        "INSERT INTO audit_log (seq, at, actor, action, outcome, request_id, detail, prev_hash, hash) \
+    tx.exec("INSERT INTO audit_log (seq, at, actor, action, outcome, request_id, detail, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             seq,
@@ -97,7 +97,7 @@ pub fn append(conn: &mut rusqlite::Connection, e: &Event) -> Result<i64, StoreEr
     Ok(seq)
 }
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Entry, String)> {
+fn from_row(r: &Row) -> Result<(Entry, String), StoreError> {
     let detail: String = r.get(6)?;
     Ok((
         Entry {
@@ -119,13 +119,10 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Entry, String)> {
 const COLUMNS: &str = "seq, at, actor, action, outcome, request_id, detail, prev_hash, hash";
 
 /// Newest first.
-pub fn list(
-    conn: &rusqlite::Connection,
-    skip: u32,
-    limit: u32,
-) -> Result<(u64, Vec<Entry>), StoreError> {
-    let total: u64 = conn.query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))?;
-    let mut stmt = conn.prepare(&format!(
+pub fn list(conn: &Db, skip: u32, limit: u32) -> Result<(u64, Vec<Entry>), StoreError> {
+    let total: u64 =
+        conn.query_one_map("SELECT COUNT(*) FROM audit_log", params![], |r| r.get(0))?;
+    let stmt = conn.prepare_sql(&format!(
         "SELECT {COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT ?1 OFFSET ?2"
     ))?;
     let rows = stmt
@@ -136,38 +133,30 @@ pub fn list(
 }
 
 /// The head of the chain: (seq, hash).
-pub fn head(conn: &rusqlite::Connection) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?)
+pub fn head(conn: &Db) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    conn.query_opt_map(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// Whether the head has been sealed already.
-pub fn sealed(conn: &rusqlite::Connection, seq: i64) -> Result<bool, StoreError> {
+pub fn sealed(conn: &Db, seq: i64) -> Result<bool, StoreError> {
     Ok(conn
-        .query_row(
+        .query_opt_map(
             "SELECT 1 FROM audit_seals WHERE seq = ?1",
             [seq],
             |_| Ok(()),
-        )
-        .optional()?
+        )?
         .is_some())
 }
 
-pub fn seal(
-    conn: &rusqlite::Connection,
-    seq: i64,
-    hash: &[u8],
-    mac: &[u8],
-) -> Result<(), StoreError> {
-    super::exec(
-        conn,
-        "INSERT OR IGNORE INTO audit_seals (seq, hash, mac, at) VALUES (?1, ?2, ?3, ?4)",
-        params![seq, hash, mac, now_rfc3339()],
+pub fn seal(conn: &Db, seq: i64, hash: &[u8], mac: &[u8], node: &str) -> Result<(), StoreError> {
+    conn.exec(
+        "INSERT INTO audit_seals (seq, hash, mac, at, node_id) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (seq) DO NOTHING",
+        params![seq, hash, mac, now_rfc3339(), node],
     )?;
     Ok(())
 }
@@ -181,10 +170,10 @@ pub fn seal_message(seq: i64, hash: &[u8]) -> Vec<u8> {
 }
 
 /// Every entry, oldest first, with its stored detail text (what the hash covers).
-pub fn all(conn: &rusqlite::Connection) -> Result<Vec<(Entry, String)>, StoreError> {
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit_log ORDER BY seq"))?;
+pub fn all(conn: &Db) -> Result<Vec<(Entry, String)>, StoreError> {
+    let stmt = conn.prepare_sql(&format!("SELECT {COLUMNS} FROM audit_log ORDER BY seq"))?;
     let rows = stmt
-        .query_map([], from_row)?
+        .query_map(params![], from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -194,17 +183,20 @@ pub struct Seal {
     pub seq: i64,
     pub hash: Vec<u8>,
     pub mac: Vec<u8>,
+    /// The bridge whose token computed the MAC (none for seals older than clusters).
+    pub node_id: Option<String>,
 }
 
 /// Every seal, oldest first.
-pub fn seals(conn: &rusqlite::Connection) -> Result<Vec<Seal>, StoreError> {
-    let mut stmt = conn.prepare("SELECT seq, hash, mac FROM audit_seals ORDER BY seq")?;
+pub fn seals(conn: &Db) -> Result<Vec<Seal>, StoreError> {
+    let stmt = conn.prepare_sql("SELECT seq, hash, mac, node_id FROM audit_seals ORDER BY seq")?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map(params![], |r| {
             Ok(Seal {
                 seq: r.get(0)?,
                 hash: r.get(1)?,
                 mac: r.get(2)?,
+                node_id: r.get(3)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

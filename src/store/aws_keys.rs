@@ -1,9 +1,8 @@
 //! AWS key records (the upload answer), kept as the JSON the API returns.
 
-use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
 
-use super::StoreError;
+use super::{Db, StoreError, params};
 
 pub struct AwsKeyRow<'a> {
     pub id: &'a str,
@@ -16,10 +15,9 @@ pub struct AwsKeyRow<'a> {
     pub created_at: &'a str,
 }
 
-pub fn insert(conn: &rusqlite::Connection, r: &AwsKeyRow<'_>) -> Result<(), StoreError> {
-    super::exec(
-        conn,
-        "INSERT INTO aws_keys (id, key_id, arn, kms_id, region, aliases, record, created_at, updated_at) \
+pub fn insert(conn: &Db, r: &AwsKeyRow<'_>) -> Result<(), StoreError> {
+    conn.exec(
+"INSERT INTO aws_keys (id, key_id, arn, kms_id, region, aliases, record, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
         params![
             r.id,
@@ -40,31 +38,29 @@ fn parse(text: String) -> Result<Value, StoreError> {
 }
 
 /// By record id, AWS key id or ARN.
-pub fn get(conn: &rusqlite::Connection, id: &str) -> Result<Option<Value>, StoreError> {
-    let text: Option<String> = conn
-        .query_row(
-            "SELECT record FROM aws_keys WHERE id = ?1 OR key_id = ?1 OR arn = ?1 \
+pub fn get(conn: &Db, id: &str) -> Result<Option<Value>, StoreError> {
+    let text: Option<String> = conn.query_opt_map(
+        "SELECT record FROM aws_keys WHERE id = ?1 OR key_id = ?1 OR arn = ?1 \
              ORDER BY created_at DESC LIMIT 1",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?;
+        [id],
+        |r| r.get(0),
+    )?;
     text.map(parse).transpose()
 }
 
 /// The record an upload attempt made (`upload.upload_id`): its id, key id and ARN.
 pub fn by_upload_id(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     upload_id: &str,
 ) -> Result<Option<(String, String, String)>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT id, key_id, arn FROM aws_keys WHERE json_extract(record, '$.upload.upload_id') = ?1 \
-             ORDER BY created_at LIMIT 1",
-            [upload_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?)
+    let field = conn.json_text("record", &["upload", "upload_id"]);
+    conn.query_opt_map(
+        &format!(
+            "SELECT id, key_id, arn FROM aws_keys WHERE {field} = ?1 ORDER BY created_at LIMIT 1"
+        ),
+        [upload_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
 }
 
 /// What the bridge needs to act on a record: where its key is, and the record itself.
@@ -78,15 +74,13 @@ pub struct Located {
 }
 
 /// By record id, AWS key id or ARN (the newest record of a key id).
-pub fn locate(conn: &rusqlite::Connection, id: &str) -> Result<Option<Located>, StoreError> {
-    let row: Option<(String, String, String, String, String)> = conn
-        .query_row(
-            "SELECT id, key_id, kms_id, region, record FROM aws_keys \
+pub fn locate(conn: &Db, id: &str) -> Result<Option<Located>, StoreError> {
+    let row: Option<(String, String, String, String, String)> = conn.query_opt_map(
+        "SELECT id, key_id, kms_id, region, record FROM aws_keys \
              WHERE id = ?1 OR key_id = ?1 OR arn = ?1 ORDER BY created_at DESC LIMIT 1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()?;
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
     row.map(|(id, key_id, kms_id, region, text)| {
         Ok(Located {
             id,
@@ -101,14 +95,13 @@ pub fn locate(conn: &rusqlite::Connection, id: &str) -> Result<Option<Located>, 
 
 /// Replaces a record (and the aliases it is found by).
 pub fn update(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     id: &str,
     record: &Value,
     aliases: &[String],
     updated_at: &str,
 ) -> Result<bool, StoreError> {
-    Ok(super::exec(
-        conn,
+    Ok(conn.exec(
         "UPDATE aws_keys SET record = ?2, aliases = ?3, updated_at = ?4 WHERE id = ?1",
         params![
             id,
@@ -119,26 +112,32 @@ pub fn update(
     )? == 1)
 }
 
-pub fn delete(conn: &rusqlite::Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(super::exec(conn, "DELETE FROM aws_keys WHERE id = ?1", [id])? == 1)
+pub fn delete(conn: &Db, id: &str) -> Result<bool, StoreError> {
+    Ok(conn.exec("DELETE FROM aws_keys WHERE id = ?1", [id])? == 1)
 }
 
 /// The ids of the records in the given kms connections and regions (empty: all), oldest
 /// synchronized first.
 pub fn ids_for_sync(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     kms_ids: &[String],
     regions: &[String],
 ) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, kms_id, region FROM aws_keys ORDER BY json_extract(record, '$.synced_at'), id",
-    )?;
+    // Never synchronized first (SQLite sorts NULL first; PostgreSQL is told to).
+    let synced = conn.json_text("record", &["synced_at"]);
+    let nulls = match conn.dialect() {
+        super::Dialect::Sqlite => "",
+        super::Dialect::Postgres => " NULLS FIRST",
+    };
+    let stmt = conn.prepare_sql(&format!(
+        "SELECT id, kms_id, region FROM aws_keys ORDER BY {synced}{nulls}, id"
+    ))?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map(params![], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -152,16 +151,16 @@ pub fn ids_for_sync(
         .collect())
 }
 
-/// The ids of the records whose number at `path` (a JSON path such as
-/// `$.rotation_schedule.next_unix`) is at most `now`: what a schedule has made due, the most
+/// The ids of the records whose number at `path` (field names, such as
+/// `rotation_schedule.next_unix`) is at most `now`: what a schedule has made due, the most
 /// overdue first.
-pub fn due(conn: &rusqlite::Connection, path: &str, now: i64) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT id FROM aws_keys WHERE json_extract(record, ?1) <= ?2 \
-         ORDER BY json_extract(record, ?1), id",
-    )?;
+pub fn due(conn: &Db, path: &[&str], now: i64) -> Result<Vec<String>, StoreError> {
+    let at = conn.json_number("record", path);
+    let stmt = conn.prepare_sql(&format!(
+        "SELECT id FROM aws_keys WHERE {at} <= ?1 ORDER BY {at}, id"
+    ))?;
     let ids = stmt
-        .query_map(rusqlite::params![path, now], |r| r.get::<_, String>(0))?
+        .query_map(params![now], |r| r.get::<String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ids)
 }
@@ -209,7 +208,7 @@ fn field_matches(record: &Value, pointer: &str, want: &str) -> bool {
     }
 }
 
-pub fn list(conn: &rusqlite::Connection, f: &ListFilter) -> Result<(u64, Vec<Value>), StoreError> {
+pub fn list(conn: &Db, f: &ListFilter) -> Result<(u64, Vec<Value>), StoreError> {
     // Aliases are matched with or without the "alias/" prefix.
     let alias = f.alias.as_ref().map(|a| {
         let full = if a.starts_with("alias/") {
@@ -219,15 +218,21 @@ pub fn list(conn: &rusqlite::Connection, f: &ListFilter) -> Result<(u64, Vec<Val
         };
         serde_json::to_string(&full).unwrap_or_default()
     });
-    let where_sql = "WHERE (?1 IS NULL OR key_id = ?1 OR arn = ?1) AND (?2 IS NULL OR region = ?2) \
-                     AND (?3 IS NULL OR instr(aliases, ?3) > 0) AND (?4 IS NULL OR kms_id = ?4) \
-                     AND (?5 IS NULL OR id = ?5)";
-    let mut stmt = conn.prepare(&format!(
+    let contains = match conn.dialect() {
+        super::Dialect::Sqlite => "instr(aliases, ?3) > 0",
+        super::Dialect::Postgres => "strpos(aliases, ?3) > 0",
+    };
+    let where_sql = format!(
+        "WHERE (CAST(?1 AS TEXT) IS NULL OR key_id = ?1 OR arn = ?1) AND (CAST(?2 AS TEXT) IS NULL OR region = ?2) \
+                     AND (CAST(?3 AS TEXT) IS NULL OR {contains}) AND (CAST(?4 AS TEXT) IS NULL OR kms_id = ?4) \
+                     AND (CAST(?5 AS TEXT) IS NULL OR id = ?5)"
+    );
+    let stmt = conn.prepare_sql(&format!(
         "SELECT record FROM aws_keys {where_sql} ORDER BY created_at DESC, id"
     ))?;
     let rows = stmt
         .query_map(params![f.keyid, f.region, alias, f.kms_id, f.id], |r| {
-            r.get::<_, String>(0)
+            r.get::<String>(0)
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut records = Vec::new();

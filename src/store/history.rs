@@ -1,11 +1,10 @@
 //! The per-key history: every upload and key action, who asked for it, the AWS calls it made
 //! and how it ended. Entries are appended, never changed.
 
-use rusqlite::params;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{StoreError, now_rfc3339};
+use super::{Db, StoreError, now_rfc3339, params};
 
 /// One entry to append.
 #[derive(Debug, Clone)]
@@ -21,9 +20,8 @@ pub struct Entry {
     pub detail: Value,
 }
 
-pub fn append(conn: &rusqlite::Connection, e: &Entry) -> Result<(), StoreError> {
-    super::exec(
-        conn,
+pub fn append(conn: &Db, e: &Entry) -> Result<(), StoreError> {
+    conn.exec(
         "INSERT INTO key_history (id, record_id, key_id, action, actor, request_id, outcome, \
          aws_calls, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
@@ -58,17 +56,17 @@ pub struct Stored {
 
 /// A key's history, oldest first, and how many entries it has.
 pub fn of(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     record_id: &str,
     skip: u32,
     limit: u32,
 ) -> Result<(u64, Vec<Stored>), StoreError> {
-    let total: u64 = conn.query_row(
+    let total: u64 = conn.query_one_map(
         "SELECT COUNT(*) FROM key_history WHERE record_id = ?1",
         [record_id],
         |r| r.get(0),
     )?;
-    let mut stmt = conn.prepare(
+    let stmt = conn.prepare_sql(
         "SELECT id, record_id, key_id, action, actor, request_id, outcome, aws_calls, detail, at \
          FROM key_history WHERE record_id = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3",
     )?;

@@ -1,36 +1,52 @@
-//! Embedded SQLite store: vault keys (wrapped under the KEK), AWS key records, policy
-//! templates and upload attempts. Calls run on the blocking pool.
+//! The store: vault keys (wrapped under the KEK), AWS key records and their history,
+//! policy templates, upload attempts, jobs, the audit log and the cluster's members. Two
+//! backends behind one interface: an embedded SQLite file (one host) and PostgreSQL (several
+//! bridges sharing one state). Store code is written once against [`db::Db`].
 
 pub mod attempts;
 pub mod audit;
 pub mod aws_keys;
+pub mod cluster;
+pub mod db;
 pub mod history;
+mod migrate;
 pub mod refresh;
+#[cfg(test)]
+mod suite;
 pub mod sync_jobs;
 pub mod templates;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod upload_jobs;
 pub mod vault;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::Connection;
+pub(crate) use db::params;
+pub use db::{Db, Dialect, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("store: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("store: {0}")]
+    Pool(String),
+    #[error("store: {0}")]
     Io(#[from] std::io::Error),
     #[error("store: record is unreadable: {0}")]
     Corrupt(String),
     #[error("store worker stopped: {0}")]
     Worker(String),
+    #[error("store: {0}")]
+    Setup(String),
 }
 
 impl StoreError {
-    /// The store cannot be written for now (disk full, read-only, its file unreachable):
-    /// the caller may retry later; nothing is wrong with the request.
+    /// The store cannot be written for now (disk full, read-only, its file or server
+    /// unreachable): the caller may retry later; nothing is wrong with the request.
     pub fn is_unavailable(&self) -> bool {
         use rusqlite::ErrorCode as C;
         match self {
@@ -43,210 +59,73 @@ impl StoreError {
                     | C::DatabaseBusy
                     | C::DatabaseLocked
             ),
-            StoreError::Io(_) => true,
+            StoreError::Postgres(e) => match e.code() {
+                // No answer at all: the connection broke or never came up.
+                None => true,
+                // Connection exceptions, insufficient resources, operator intervention
+                // (shutdown), serialization failures and deadlocks: all pass.
+                Some(c) => {
+                    let c = c.code();
+                    c.starts_with("08")
+                        || c.starts_with("53")
+                        || c.starts_with("57P")
+                        || c == "40001"
+                        || c == "40P01"
+                        || c == "25006"
+                }
+            },
+            StoreError::Pool(_) | StoreError::Io(_) => true,
+            _ => false,
+        }
+    }
+
+    /// A uniqueness (or other integrity) constraint refused the write.
+    pub fn is_constraint(&self) -> bool {
+        match self {
+            StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::ConstraintViolation
+            }
+            StoreError::Postgres(e) => e.code().is_some_and(|c| c.code().starts_with("23")),
             _ => false,
         }
     }
 }
 
-#[derive(Clone)]
-pub struct Store {
-    /// One connection, taken in turn: waiting for it is async, so calls in line for the store
-    /// hold no thread of the blocking pool (at 64 uploads in flight they held dozens).
-    conn: Arc<tokio::sync::Mutex<Connection>>,
+/// Where the store lives, from `[store]`.
+pub enum Location<'a> {
+    Sqlite(&'a Path),
+    Postgres {
+        url: &'a str,
+        password: Option<secrecy::SecretString>,
+        pool_size: usize,
+    },
 }
 
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE vault_keys (
-    id            TEXT PRIMARY KEY,
-    name          TEXT NOT NULL UNIQUE,
-    algorithm     TEXT NOT NULL,
-    size          INTEGER NOT NULL,
-    kind          TEXT NOT NULL,
-    value_len     INTEGER NOT NULL,
-    usage_mask    INTEGER NOT NULL,
-    origin        TEXT NOT NULL,
-    wrapped       BLOB NOT NULL,
-    wrap_mechanism INTEGER NOT NULL,
-    kek_label     TEXT NOT NULL,
-    kek_id        BLOB NOT NULL,
-    token_serial  TEXT NOT NULL,
-    public_key    TEXT,
-    extra         TEXT NOT NULL DEFAULT '{}',
-    created_at    TEXT NOT NULL,
-    updated_at    TEXT NOT NULL
-);
-CREATE TABLE aws_keys (
-    id          TEXT PRIMARY KEY,
-    key_id      TEXT NOT NULL,
-    arn         TEXT NOT NULL,
-    kms_id      TEXT NOT NULL,
-    region      TEXT NOT NULL,
-    aliases     TEXT NOT NULL,
-    record      TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
-);
-CREATE INDEX aws_keys_key_id ON aws_keys(key_id);
-CREATE TABLE policy_templates (
-    id          TEXT PRIMARY KEY,
-    name        TEXT NOT NULL UNIQUE,
-    record      TEXT NOT NULL,
-    created_at  TEXT NOT NULL
-);
-CREATE TABLE upload_attempts (
-    id            TEXT PRIMARY KEY,
-    request_id    TEXT NOT NULL,
-    kms_id        TEXT NOT NULL,
-    kms_name      TEXT NOT NULL,
-    region        TEXT NOT NULL,
-    source_tier   TEXT NOT NULL,
-    source_key    TEXT NOT NULL,
-    aws_key_id    TEXT,
-    aws_key_arn   TEXT,
-    stage         TEXT NOT NULL,
-    state         TEXT NOT NULL,
-    error         TEXT,
-    cleanup_error TEXT,
-    cleanup_tries INTEGER NOT NULL DEFAULT 0,
-    deletion_date TEXT,
-    created_at    TEXT NOT NULL,
-    updated_at    TEXT NOT NULL
-);
-CREATE INDEX upload_attempts_state ON upload_attempts(state);
-"#,
-    // The alias an attempt asked for (removed again if the attempt fails), and the curve of
-    // EC vault keys.
-    r#"
-ALTER TABLE upload_attempts ADD COLUMN alias TEXT;
-ALTER TABLE vault_keys ADD COLUMN curve TEXT;
-"#,
-    // Refresh tokens of POST /api/v1/auth/tokens, kept as SHA-256 digests only.
-    r#"
-CREATE TABLE refresh_tokens (
-    id          TEXT PRIMARY KEY,
-    digest      BLOB NOT NULL UNIQUE,
-    username    TEXT NOT NULL,
-    expires_at  INTEGER NOT NULL,
-    created_at  TEXT NOT NULL
-);
-"#,
-    // Refresh tokens rotate on use: each belongs to a family (one login); a retired token
-    // presented again revokes its whole family.
-    r#"
-ALTER TABLE refresh_tokens ADD COLUMN family TEXT;
-ALTER TABLE refresh_tokens ADD COLUMN retired_at TEXT;
-UPDATE refresh_tokens SET family = id WHERE family IS NULL;
-CREATE INDEX refresh_tokens_family ON refresh_tokens(family);
-"#,
-    // The life of each AWS key after its upload: what was done to it, by whom, with which AWS
-    // calls; synchronization jobs; and why a record is marked gone.
-    r#"
-CREATE TABLE key_history (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    id          TEXT NOT NULL UNIQUE,
-    record_id   TEXT NOT NULL,
-    key_id      TEXT NOT NULL,
-    action      TEXT NOT NULL,
-    actor       TEXT NOT NULL,
-    request_id  TEXT NOT NULL,
-    outcome     TEXT NOT NULL,
-    aws_calls   TEXT NOT NULL,
-    detail      TEXT NOT NULL,
-    at          TEXT NOT NULL
-);
-CREATE INDEX key_history_record ON key_history(record_id, seq);
-CREATE TABLE sync_jobs (
-    id          TEXT PRIMARY KEY,
-    kms_ids     TEXT NOT NULL,
-    regions     TEXT NOT NULL,
-    origin      TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    total       INTEGER NOT NULL DEFAULT 0,
-    done        INTEGER NOT NULL DEFAULT 0,
-    changed     INTEGER NOT NULL DEFAULT 0,
-    gone        INTEGER NOT NULL DEFAULT 0,
-    failed      INTEGER NOT NULL DEFAULT 0,
-    error       TEXT,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL,
-    finished_at TEXT
-);
-CREATE INDEX sync_jobs_status ON sync_jobs(status);
-"#,
-    // An attempt whose CreateKey answer was lost and recovered by its tag: once it completes,
-    // the cleaner checks that no second key carries the tag.
-    r#"
-ALTER TABLE upload_attempts ADD COLUMN create_uncertain INTEGER NOT NULL DEFAULT 0;
-"#,
-    // A deleted vault key is kept (wrapped) until its retention ends, so it can be restored.
-    r#"
-ALTER TABLE vault_keys ADD COLUMN deleted_at TEXT;
-"#,
-    // The audit log: a hash chain of entries, its head sealed now and then with a MAC computed
-    // by a key in the bridge token.
-    r#"
-CREATE TABLE audit_log (
-    seq         INTEGER PRIMARY KEY,
-    at          TEXT NOT NULL,
-    actor       TEXT NOT NULL,
-    action      TEXT NOT NULL,
-    outcome     TEXT NOT NULL,
-    request_id  TEXT NOT NULL,
-    detail      TEXT NOT NULL,
-    prev_hash   BLOB NOT NULL,
-    hash        BLOB NOT NULL
-);
-CREATE TABLE audit_seals (
-    seq         INTEGER PRIMARY KEY,
-    hash        BLOB NOT NULL,
-    mac         BLOB NOT NULL,
-    at          TEXT NOT NULL
-);
-"#,
-    // Bulk upload jobs and their items: one source key to one kms and Region at most once per
-    // job, each item naming the upload attempt it runs under.
-    r#"
-CREATE TABLE upload_jobs (
-    id          TEXT PRIMARY KEY,
-    name        TEXT,
-    actor       TEXT NOT NULL,
-    request_id  TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    total       INTEGER NOT NULL,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL,
-    started_at  TEXT,
-    finished_at TEXT
-);
-CREATE INDEX upload_jobs_status ON upload_jobs(status);
-CREATE TABLE upload_job_items (
-    job_id      TEXT NOT NULL REFERENCES upload_jobs(id),
-    seq         INTEGER NOT NULL,
-    source_tier TEXT NOT NULL,
-    source_key  TEXT NOT NULL,
-    kms_id      TEXT NOT NULL,
-    region      TEXT NOT NULL,
-    body        TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    attempt_id  TEXT,
-    tries       INTEGER NOT NULL DEFAULT 0,
-    not_before  INTEGER NOT NULL DEFAULT 0,
-    record_id   TEXT,
-    key_id      TEXT,
-    arn         TEXT,
-    error       TEXT,
-    started_at  TEXT,
-    finished_at TEXT,
-    PRIMARY KEY (job_id, seq),
-    UNIQUE (job_id, source_tier, source_key, kms_id, region)
-);
-CREATE INDEX upload_job_items_state ON upload_job_items(state);
-"#,
-];
+/// What `Store::inspect` found.
+#[derive(Debug)]
+pub struct Inspection {
+    pub schema_version: u32,
+    pub members: Vec<cluster::Node>,
+    pub kek_check: Option<String>,
+}
+
+/// The schema version this bridge migrates to.
+pub const SCHEMA_VERSION: u32 = migrate::CURRENT;
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<Backend>,
+}
+
+enum Backend {
+    /// One connection, taken in turn: waiting for it is async, so calls in line for the
+    /// store hold no thread of the blocking pool (at 64 uploads in flight they held dozens).
+    Sqlite(Arc<tokio::sync::Mutex<Db>>),
+    Postgres(deadpool_postgres::Pool),
+}
 
 impl Store {
+    /// Opens (creating it 0600) the SQLite file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
@@ -263,71 +142,209 @@ impl Store {
                 .mode(0o600)
                 .open(path)?;
         }
-        let conn = Connection::open(path)?;
+        let conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(64);
-        migrate(&conn)?;
+        let mut db = Db::sqlite(conn);
+        migrate::run(&mut db)?;
         Ok(Self {
-            conn: Arc::new(tokio::sync::Mutex::new(conn)),
+            backend: Arc::new(Backend::Sqlite(Arc::new(tokio::sync::Mutex::new(db)))),
         })
     }
 
+    /// A SQLite file opened read-only, its schema left as it is (`audit verify`).
+    pub fn open_read_only(path: &Path) -> Result<Db, StoreError> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        Ok(Db::sqlite(conn))
+    }
+
+    /// Connects a pool to PostgreSQL and brings the schema up to date (one node at a time:
+    /// migrations hold an advisory lock).
+    pub async fn connect_postgres(
+        url: &str,
+        password: Option<secrecy::SecretString>,
+        pool_size: usize,
+    ) -> Result<Self, StoreError> {
+        let store = Self::postgres_pool(url, password, pool_size)?;
+        store.call(migrate::run).await?;
+        Ok(store)
+    }
+
+    fn postgres_pool(
+        url: &str,
+        password: Option<secrecy::SecretString>,
+        pool_size: usize,
+    ) -> Result<Self, StoreError> {
+        use secrecy::ExposeSecret;
+        let mut pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Setup(format!("store.url: {e}")))?;
+        if let Some(p) = &password {
+            pg.password(p.expose_secret().as_bytes());
+        }
+        pg.application_name("hsm-bridge");
+        // A server that stops answering fails the statement (503) instead of holding a
+        // blocking thread for ever.
+        pg.options("-c statement_timeout=60000");
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        let mgr = deadpool_postgres::Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(mgr)
+            .max_size(pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .map_err(|e| StoreError::Setup(e.to_string()))?;
+        Ok(Self {
+            backend: Arc::new(Backend::Postgres(pool)),
+        })
+    }
+
+    /// What `probe` reports, read without changing the store: its schema version, the
+    /// bridges heard from since `since`, and the KEK check value its vault holds. `None`
+    /// for a SQLite file not created yet.
+    pub async fn inspect(
+        location: Location<'_>,
+        since: i64,
+    ) -> Result<Option<Inspection>, StoreError> {
+        let read = move |db: &mut Db| -> Result<Inspection, StoreError> {
+            let schema_version = migrate::version(db)?;
+            let (members, kek_check) = if schema_version >= 10 {
+                (
+                    cluster::members(db, since)?,
+                    cluster::meta(db, "vault_kek_check")?,
+                )
+            } else {
+                (Vec::new(), None)
+            };
+            Ok(Inspection {
+                schema_version,
+                members,
+                kek_check,
+            })
+        };
+        match location {
+            Location::Sqlite(path) => {
+                if !path.exists() {
+                    return Ok(None);
+                }
+                let mut db = Self::open_read_only(path)?;
+                read(&mut db).map(Some)
+            }
+            Location::Postgres {
+                url,
+                password,
+                pool_size: _,
+            } => {
+                let store = Self::postgres_pool(url, password, 1)?;
+                let exists = store
+                    .call(|db| {
+                        db.query_one_map(
+                            "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'schema_version'",
+                            params![],
+                            |r| r.get::<i64>(0),
+                        )
+                    })
+                    .await?;
+                if exists == 0 {
+                    return Ok(Some(Inspection {
+                        schema_version: 0,
+                        members: Vec::new(),
+                        kek_check: None,
+                    }));
+                }
+                store.call(move |db| read(db)).await.map(Some)
+            }
+        }
+    }
+
+    pub async fn open_at(location: Location<'_>) -> Result<Self, StoreError> {
+        match location {
+            Location::Sqlite(path) => Self::open(path),
+            Location::Postgres {
+                url,
+                password,
+                pool_size,
+            } => Self::connect_postgres(url, password, pool_size).await,
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match *self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Runs `f` on one connection, off the async runtime.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Db) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        let mut guard = self.conn.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || f(&mut guard))
-            .await
-            .map_err(|e| StoreError::Worker(e.to_string()))?
+        match &*self.backend {
+            Backend::Sqlite(conn) => {
+                let mut guard = conn.clone().lock_owned().await;
+                tokio::task::spawn_blocking(move || f(&mut guard))
+                    .await
+                    .map_err(|e| StoreError::Worker(e.to_string()))?
+            }
+            Backend::Postgres(pool) => {
+                let client = pool
+                    .get()
+                    .await
+                    .map_err(|e| StoreError::Pool(e.to_string()))?;
+                let rt = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    let mut db = Db::postgres(client, rt);
+                    f(&mut db)
+                })
+                .await
+                .map_err(|e| StoreError::Worker(e.to_string()))?
+            }
+        }
     }
 
     /// The same, for writes that need not be durable on their own (an upload's intermediate
-    /// stages): committed without an fsync (`synchronous=NORMAL` in WAL mode survives a crash
-    /// of the process, not of the host), and made durable by the next ordinary commit.
+    /// stages): committed without waiting for the disk (SQLite's `synchronous=NORMAL` in WAL
+    /// mode survives a crash of the process, not of the host; PostgreSQL's
+    /// `synchronous_commit=off` the same), and made durable by the next ordinary commit.
     pub async fn call_relaxed<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Db) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         self.call(move |c| {
-            c.prepare_cached("PRAGMA synchronous = NORMAL")?
-                .execute([])?;
+            let (relax, back) = match c.dialect() {
+                Dialect::Sqlite => ("PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"),
+                Dialect::Postgres => (
+                    "SET synchronous_commit TO off",
+                    "SET synchronous_commit TO on",
+                ),
+            };
+            c.batch(relax)?;
             let out = f(c);
-            let back = c
-                .prepare_cached("PRAGMA synchronous = FULL")
-                .and_then(|mut s| s.execute([]));
+            let back = c.batch(back);
             let out = out?;
             back?;
             Ok(out)
         })
         .await
     }
-}
-
-/// `Connection::execute` with the statement kept prepared: the upload path runs the same few
-/// statements every time, and parsing them again cost more than running them.
-pub(crate) fn exec(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> rusqlite::Result<usize> {
-    conn.prepare_cached(sql)?.execute(params)
-}
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        conn.execute_batch(&format!(
-            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
-            i + 1
-        ))?;
-    }
-    Ok(())
 }
 
 pub fn now_rfc3339() -> String {

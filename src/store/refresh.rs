@@ -3,10 +3,9 @@
 //! issues its successor in the same family, with the family's expiry. A retired token presented
 //! again means it was copied, so the whole family is revoked.
 
-use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use super::{StoreError, now_rfc3339};
+use super::{Db, StoreError, now_rfc3339, params};
 
 pub fn digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -21,12 +20,12 @@ pub struct NewToken<'a> {
 
 /// The first token of a login.
 pub fn insert(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     new: &NewToken<'_>,
     username: &str,
     expires_at: i64,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.exec(
         "INSERT INTO refresh_tokens (id, digest, username, expires_at, created_at, family) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
@@ -38,7 +37,7 @@ pub fn insert(
             new.family
         ],
     )?;
-    conn.execute(
+    conn.exec(
         "DELETE FROM refresh_tokens WHERE expires_at < ?1",
         params![time::OffsetDateTime::now_utc().unix_timestamp() - 86_400],
     )?;
@@ -59,36 +58,34 @@ pub enum Redeemed {
 /// Redeems `token` at `now`: retires it and stores `next` in its family, in one transaction.
 /// `next.family` is ignored (the family is the presented token's).
 pub fn redeem(
-    conn: &mut rusqlite::Connection,
+    conn: &mut Db,
     token: &str,
     next: &NewToken<'_>,
     now: i64,
 ) -> Result<Redeemed, StoreError> {
     let tx = conn.transaction()?;
-    let found: Option<(String, String, i64, Option<String>)> = tx
-        .query_row(
-            "SELECT username, COALESCE(family, id), expires_at, retired_at \
+    let found: Option<(String, String, i64, Option<String>)> = tx.query_opt_map(
+        "SELECT username, COALESCE(family, id), expires_at, retired_at \
              FROM refresh_tokens WHERE digest = ?1",
-            params![digest(token)],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
+        params![digest(token)],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     let out = match found {
         None => Redeemed::Unknown,
         Some((_, _, expires_at, _)) if expires_at <= now => Redeemed::Unknown,
         Some((username, family, _, Some(_))) => {
-            tx.execute(
+            tx.exec(
                 "DELETE FROM refresh_tokens WHERE family = ?1",
                 params![family],
             )?;
             Redeemed::Reused { username }
         }
         Some((username, family, expires_at, None)) => {
-            tx.execute(
+            tx.exec(
                 "UPDATE refresh_tokens SET retired_at = ?1 WHERE digest = ?2",
                 params![now_rfc3339(), digest(token)],
             )?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO refresh_tokens (id, digest, username, expires_at, created_at, family) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
@@ -108,95 +105,86 @@ pub fn redeem(
 }
 
 /// The user of the refresh token `id` (live or retired).
-pub fn owner(conn: &rusqlite::Connection, id: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT username FROM refresh_tokens WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub fn owner(conn: &Db, id: &str) -> Result<Option<String>, StoreError> {
+    conn.query_opt_map(
+        "SELECT username FROM refresh_tokens WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    )
 }
 
 /// Revokes the token `id` and every token of its login; how many rows went.
-pub fn revoke_family(conn: &rusqlite::Connection, id: &str) -> Result<usize, StoreError> {
-    Ok(conn.execute(
+pub fn revoke_family(conn: &Db, id: &str) -> Result<usize, StoreError> {
+    conn.exec(
         "DELETE FROM refresh_tokens WHERE family = (SELECT COALESCE(family, id) FROM refresh_tokens WHERE id = ?1) OR id = ?1",
         [id],
-    )?)
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, rusqlite::Connection) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = crate::store::Store::open(&dir.path().join("t.db")).expect("open");
-        drop(s);
-        let c = rusqlite::Connection::open(dir.path().join("t.db")).expect("reopen");
-        (dir, c)
-    }
+    use crate::store::testing::each_backend;
 
     #[test]
     fn a_token_is_used_once_and_reuse_revokes_the_family() {
-        let (_dir, mut c) = store();
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let first = NewToken {
-            id: "1",
-            token: "t1",
-            family: "f",
-        };
-        insert(&c, &first, "alice", now + 100).expect("insert");
-        let second = NewToken {
-            id: "2",
-            token: "t2",
-            family: "",
-        };
-        assert_eq!(
-            redeem(&mut c, "t1", &second, now).expect("redeem"),
-            Redeemed::Rotated {
-                username: "alice".into(),
-                family: "f".into()
-            }
-        );
-        let third = NewToken {
-            id: "3",
-            token: "t3",
-            family: "",
-        };
-        // The retired token again: the family dies, the live successor with it.
-        assert_eq!(
-            redeem(&mut c, "t1", &third, now).expect("reuse"),
-            Redeemed::Reused {
-                username: "alice".into()
-            }
-        );
-        assert_eq!(
-            redeem(&mut c, "t2", &third, now).expect("successor"),
-            Redeemed::Unknown
-        );
+        each_backend(|c| {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let first = NewToken {
+                id: "1",
+                token: "t1",
+                family: "f",
+            };
+            insert(c, &first, "alice", now + 100).expect("insert");
+            let second = NewToken {
+                id: "2",
+                token: "t2",
+                family: "",
+            };
+            assert_eq!(
+                redeem(c, "t1", &second, now).expect("redeem"),
+                Redeemed::Rotated {
+                    username: "alice".into(),
+                    family: "f".into()
+                }
+            );
+            let third = NewToken {
+                id: "3",
+                token: "t3",
+                family: "",
+            };
+            // The retired token again: the family dies, the live successor with it.
+            assert_eq!(
+                redeem(c, "t1", &third, now).expect("reuse"),
+                Redeemed::Reused {
+                    username: "alice".into()
+                }
+            );
+            assert_eq!(
+                redeem(c, "t2", &third, now).expect("successor"),
+                Redeemed::Unknown
+            );
+        });
     }
 
     #[test]
     fn expired_and_unknown_tokens_are_refused() {
-        let (_dir, mut c) = store();
-        let t = NewToken {
-            id: "1",
-            token: "t1",
-            family: "f",
-        };
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        insert(&c, &t, "alice", now + 50).expect("insert");
-        let n = NewToken {
-            id: "2",
-            token: "t2",
-            family: "",
-        };
-        assert_eq!(
-            redeem(&mut c, "t1", &n, now + 60).expect("r"),
-            Redeemed::Unknown
-        );
-        assert_eq!(redeem(&mut c, "zz", &n, now).expect("r"), Redeemed::Unknown);
+        each_backend(|c| {
+            let t = NewToken {
+                id: "1",
+                token: "t1",
+                family: "f",
+            };
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            insert(c, &t, "alice", now + 50).expect("insert");
+            let n = NewToken {
+                id: "2",
+                token: "t2",
+                family: "",
+            };
+            assert_eq!(redeem(c, "t1", &n, now + 60).expect("r"), Redeemed::Unknown);
+            assert_eq!(redeem(c, "zz", &n, now).expect("r"), Redeemed::Unknown);
+        });
     }
 }

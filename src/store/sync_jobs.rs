@@ -1,10 +1,9 @@
 //! Synchronization jobs: one pass re-reading records from AWS, started on demand or by the
 //! periodic synchronization, with its progress.
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::{StoreError, now_rfc3339};
+use super::{Db, Row, StoreError, now_rfc3339, params};
 
 pub mod status {
     pub const QUEUED: &str = "queued";
@@ -37,11 +36,11 @@ pub struct SyncJob {
 const COLUMNS: &str = "id, kms_ids, regions, origin, status, total, done, changed, gone, failed, \
                        error, created_at, updated_at, finished_at";
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SyncJob> {
+fn from_row(r: &Row) -> Result<SyncJob, StoreError> {
     Ok(SyncJob {
         id: r.get(0)?,
-        kms: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or_default(),
-        regions: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+        kms: serde_json::from_str(&r.get::<String>(1)?).unwrap_or_default(),
+        regions: serde_json::from_str(&r.get::<String>(2)?).unwrap_or_default(),
         origin: r.get(3)?,
         status: r.get(4)?,
         total: r.get(5)?,
@@ -57,23 +56,25 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SyncJob> {
 }
 
 pub fn create(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     id: &str,
     kms: &[String],
     regions: &[String],
     origin: &str,
+    node: &str,
 ) -> Result<(), StoreError> {
     let now = now_rfc3339();
-    conn.execute(
-        "INSERT INTO sync_jobs (id, kms_ids, regions, origin, status, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+    conn.exec(
+        "INSERT INTO sync_jobs (id, kms_ids, regions, origin, status, created_at, updated_at, node_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
         params![
             id,
             serde_json::to_string(kms).unwrap_or_else(|_| "[]".into()),
             serde_json::to_string(regions).unwrap_or_else(|_| "[]".into()),
             origin,
             status::QUEUED,
-            now
+            now,
+            node
         ],
     )?;
     Ok(())
@@ -89,13 +90,8 @@ pub struct Progress {
     pub failed: u64,
 }
 
-pub fn progress(
-    conn: &rusqlite::Connection,
-    id: &str,
-    p: &Progress,
-    state: &str,
-) -> Result<(), StoreError> {
-    conn.execute(
+pub fn progress(conn: &Db, id: &str, p: &Progress, state: &str) -> Result<(), StoreError> {
+    conn.exec(
         "UPDATE sync_jobs SET total = ?2, done = ?3, changed = ?4, gone = ?5, failed = ?6, \
          status = ?7, updated_at = ?8 WHERE id = ?1",
         params![
@@ -112,14 +108,9 @@ pub fn progress(
     Ok(())
 }
 
-pub fn finish(
-    conn: &rusqlite::Connection,
-    id: &str,
-    state: &str,
-    error: Option<&str>,
-) -> Result<(), StoreError> {
+pub fn finish(conn: &Db, id: &str, state: &str, error: Option<&str>) -> Result<(), StoreError> {
     let now = now_rfc3339();
-    conn.execute(
+    conn.exec(
         "UPDATE sync_jobs SET status = ?2, error = ?3, updated_at = ?4, finished_at = ?4 \
          WHERE id = ?1",
         params![id, state, error, now],
@@ -127,23 +118,18 @@ pub fn finish(
     Ok(())
 }
 
-pub fn get(conn: &rusqlite::Connection, id: &str) -> Result<Option<SyncJob>, StoreError> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM sync_jobs WHERE id = ?1"),
-            [id],
-            from_row,
-        )
-        .optional()?)
+pub fn get(conn: &Db, id: &str) -> Result<Option<SyncJob>, StoreError> {
+    conn.query_opt_map(
+        &format!("SELECT {COLUMNS} FROM sync_jobs WHERE id = ?1"),
+        [id],
+        from_row,
+    )
 }
 
-pub fn list(
-    conn: &rusqlite::Connection,
-    skip: u32,
-    limit: u32,
-) -> Result<(u64, Vec<SyncJob>), StoreError> {
-    let total: u64 = conn.query_row("SELECT COUNT(*) FROM sync_jobs", [], |r| r.get(0))?;
-    let mut stmt = conn.prepare(&format!(
+pub fn list(conn: &Db, skip: u32, limit: u32) -> Result<(u64, Vec<SyncJob>), StoreError> {
+    let total: u64 =
+        conn.query_one_map("SELECT COUNT(*) FROM sync_jobs", params![], |r| r.get(0))?;
+    let stmt = conn.prepare_sql(&format!(
         "SELECT {COLUMNS} FROM sync_jobs ORDER BY created_at DESC, id LIMIT ?1 OFFSET ?2"
     ))?;
     let rows = stmt
@@ -153,9 +139,9 @@ pub fn list(
 }
 
 /// Whether a job was asked to stop.
-pub fn cancel(conn: &rusqlite::Connection, id: &str) -> Result<bool, StoreError> {
+pub fn cancel(conn: &Db, id: &str) -> Result<bool, StoreError> {
     let now = now_rfc3339();
-    Ok(conn.execute(
+    Ok(conn.exec(
         "UPDATE sync_jobs SET status = ?2, updated_at = ?3, finished_at = ?3 \
          WHERE id = ?1 AND status IN (?4, ?5)",
         params![
@@ -168,12 +154,14 @@ pub fn cancel(conn: &rusqlite::Connection, id: &str) -> Result<bool, StoreError>
     )? == 1)
 }
 
-/// Jobs a previous process left running are ended as errors at start.
-pub fn abandon_unfinished(conn: &rusqlite::Connection) -> Result<usize, StoreError> {
+/// Jobs left running by a bridge that stopped are ended as errors: those of `me` (a
+/// previous process of this node, at start) and those of nodes not heard from since `since`.
+pub fn abandon_unfinished(conn: &Db, me: Option<&str>, since: i64) -> Result<usize, StoreError> {
     let now = now_rfc3339();
-    Ok(conn.execute(
+    conn.exec(
         "UPDATE sync_jobs SET status = ?1, error = 'the bridge stopped while the job ran', \
-         updated_at = ?2, finished_at = ?2 WHERE status IN (?3, ?4)",
-        params![status::ERROR, now, status::QUEUED, status::IN_PROGRESS],
-    )?)
+         updated_at = ?2, finished_at = ?2 WHERE status IN (?3, ?4) AND (node_id IS NULL \
+         OR node_id = ?5 OR node_id NOT IN (SELECT node_id FROM cluster_nodes WHERE seen_unix >= ?6))",
+        params![status::ERROR, now, status::QUEUED, status::IN_PROGRESS, me, since],
+    )
 }

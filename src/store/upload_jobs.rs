@@ -2,10 +2,9 @@
 //! item carrying the id of the upload attempt it runs, so that after a crash the bridge can
 //! tell an item whose upload completed from one that must run again.
 
-use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{StoreError, now_rfc3339};
+use super::{Db, Row, StoreError, now_rfc3339, params};
 
 pub mod status {
     pub const QUEUED: &str = "queued";
@@ -66,6 +65,9 @@ pub struct Item {
     pub error: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// The bridge that runs (or last ran) the item.
+    #[serde(rename = "node")]
+    pub node_id: Option<String>,
 }
 
 pub struct NewJob<'a> {
@@ -85,9 +87,9 @@ pub struct NewItem {
 }
 
 const ITEM_COLUMNS: &str = "job_id, seq, source_tier, source_key, kms_id, region, body, state, \
-    attempt_id, tries, record_id, key_id, arn, error, started_at, finished_at";
+    attempt_id, tries, record_id, key_id, arn, error, started_at, finished_at, node_id";
 
-fn item_row(r: &Row<'_>) -> rusqlite::Result<Item> {
+fn item_row(r: &Row) -> Result<Item, StoreError> {
     Ok(Item {
         job_id: r.get(0)?,
         seq: r.get(1)?,
@@ -105,21 +107,16 @@ fn item_row(r: &Row<'_>) -> rusqlite::Result<Item> {
         error: r.get(13)?,
         started_at: r.get(14)?,
         finished_at: r.get(15)?,
+        node_id: r.get(16)?,
     })
 }
 
 /// The job and all its items, in one transaction: a job is never seen half-made. A second
 /// item for the same source key, kms and Region is refused by the table itself.
-pub fn create(
-    conn: &mut rusqlite::Connection,
-    job: &NewJob<'_>,
-    items: &[NewItem],
-) -> Result<(), StoreError> {
+pub fn create(conn: &mut Db, job: &NewJob<'_>, items: &[NewItem]) -> Result<(), StoreError> {
     let now = now_rfc3339();
     let tx = conn.transaction()?;
-    super::exec(
-        &tx,
-        "INSERT INTO upload_jobs (id, name, actor, request_id, status, total, created_at, updated_at) \
+    tx.exec("INSERT INTO upload_jobs (id, name, actor, request_id, status, total, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
         params![
             job.id,
@@ -132,7 +129,7 @@ pub fn create(
         ],
     )?;
     {
-        let mut stmt = tx.prepare(
+        let stmt = tx.prepare_sql(
             "INSERT INTO upload_job_items (job_id, seq, source_tier, source_key, kms_id, region, body, state) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
@@ -164,7 +161,7 @@ const JOB_SELECT: &str = "SELECT j.id, j.name, j.actor, j.request_id, j.status, 
     (SELECT MAX(finished_at) FROM upload_job_items i WHERE i.job_id = j.id AND i.state IN ('completed', 'failed')) \
     FROM upload_jobs j";
 
-fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+fn job_row(r: &Row) -> Result<Job, StoreError> {
     Ok(Job {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -186,19 +183,14 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-pub fn get(conn: &rusqlite::Connection, id: &str) -> Result<Option<Job>, StoreError> {
-    Ok(conn
-        .query_row(&format!("{JOB_SELECT} WHERE j.id = ?1"), [id], job_row)
-        .optional()?)
+pub fn get(conn: &Db, id: &str) -> Result<Option<Job>, StoreError> {
+    conn.query_opt_map(&format!("{JOB_SELECT} WHERE j.id = ?1"), [id], job_row)
 }
 
-pub fn list(
-    conn: &rusqlite::Connection,
-    skip: u32,
-    limit: u32,
-) -> Result<(u64, Vec<Job>), StoreError> {
-    let total: u64 = conn.query_row("SELECT COUNT(*) FROM upload_jobs", [], |r| r.get(0))?;
-    let mut stmt = conn.prepare(&format!(
+pub fn list(conn: &Db, skip: u32, limit: u32) -> Result<(u64, Vec<Job>), StoreError> {
+    let total: u64 =
+        conn.query_one_map("SELECT COUNT(*) FROM upload_jobs", params![], |r| r.get(0))?;
+    let stmt = conn.prepare_sql(&format!(
         "{JOB_SELECT} ORDER BY j.created_at DESC, j.id LIMIT ?1 OFFSET ?2"
     ))?;
     let rows = stmt
@@ -209,14 +201,14 @@ pub fn list(
 
 /// Items of a job in order, `state` (if given) only.
 pub fn items(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     job: &str,
     state: Option<&str>,
     skip: u32,
     limit: u32,
 ) -> Result<Vec<Item>, StoreError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {ITEM_COLUMNS} FROM upload_job_items WHERE job_id = ?1 AND (?2 IS NULL OR state = ?2) \
+    let stmt = conn.prepare_sql(&format!(
+        "SELECT {ITEM_COLUMNS} FROM upload_job_items WHERE job_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2) \
          ORDER BY seq LIMIT ?3 OFFSET ?4"
     ))?;
     let rows = stmt
@@ -226,9 +218,10 @@ pub fn items(
 }
 
 /// Jobs with work left, oldest first.
-pub fn runnable(conn: &rusqlite::Connection) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn
-        .prepare("SELECT id FROM upload_jobs WHERE status IN (?1, ?2) ORDER BY created_at, id")?;
+pub fn runnable(conn: &Db) -> Result<Vec<String>, StoreError> {
+    let stmt = conn.prepare_sql(
+        "SELECT id FROM upload_jobs WHERE status IN (?1, ?2) ORDER BY created_at, id",
+    )?;
     let rows = stmt
         .query_map(params![status::QUEUED, status::IN_PROGRESS], |r| r.get(0))?
         .collect::<Result<Vec<String>, _>>()?;
@@ -241,47 +234,53 @@ pub fn runnable(conn: &rusqlite::Connection) -> Result<Vec<String>, StoreError> 
 /// enabled: it is marked running under a new upload attempt id, which the upload then uses.
 /// Nothing is due: `None`.
 pub fn claim(
-    conn: &mut rusqlite::Connection,
+    conn: &mut Db,
     job: &str,
     now_unix: i64,
+    node: &str,
 ) -> Result<Option<Item>, StoreError> {
     let tx = conn.transaction()?;
-    let open: Option<String> = tx
-        .query_row("SELECT status FROM upload_jobs WHERE id = ?1", [job], |r| {
+    let open: Option<String> =
+        tx.query_opt_map("SELECT status FROM upload_jobs WHERE id = ?1", [job], |r| {
             r.get(0)
-        })
-        .optional()?;
+        })?;
     if !matches!(open.as_deref(), Some(status::QUEUED | status::IN_PROGRESS)) {
         return Ok(None);
     }
-    let seq: Option<u64> = tx
-        .query_row(
+    // Bridges sharing a PostgreSQL store claim side by side: each skips the rows another
+    // has locked. (SQLite's write lock lets one claim at a time.)
+    let lock = match tx.dialect() {
+        super::Dialect::Sqlite => "",
+        super::Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+    };
+    let seq: Option<u64> = tx.query_opt_map(
+        &format!(
             "SELECT seq FROM upload_job_items i WHERE job_id = ?1 AND state = ?2 AND not_before <= ?3 \
              AND NOT EXISTS (SELECT 1 FROM upload_attempts a WHERE a.id = i.attempt_id \
              AND a.state IN ('creating', 'in_progress', 'cleanup_pending', 'cleaning')) \
-             ORDER BY seq LIMIT 1",
-            params![job, item_state::PENDING, now_unix],
-            |r| r.get(0),
-        )
-        .optional()?;
+             ORDER BY seq LIMIT 1{lock}"
+        ),
+        params![job, item_state::PENDING, now_unix],
+        |r| r.get(0),
+    )?;
     let Some(seq) = seq else {
         return Ok(None);
     };
     let now = now_rfc3339();
     let attempt = uuid::Uuid::new_v4().to_string();
-    super::exec(
-        &tx,
+    let took = tx.exec(
         "UPDATE upload_job_items SET state = ?3, attempt_id = ?4, tries = tries + 1, \
-         started_at = COALESCE(started_at, ?5) WHERE job_id = ?1 AND seq = ?2",
-        params![job, seq, item_state::RUNNING, attempt, now],
+         started_at = COALESCE(started_at, ?5), node_id = ?6 WHERE job_id = ?1 AND seq = ?2 AND state = ?7",
+        params![job, seq, item_state::RUNNING, attempt, now, node, item_state::PENDING],
     )?;
-    super::exec(
-        &tx,
-        "UPDATE upload_jobs SET status = ?2, started_at = COALESCE(started_at, ?3), updated_at = ?3 \
+    if took == 0 {
+        return Ok(None);
+    }
+    tx.exec("UPDATE upload_jobs SET status = ?2, started_at = COALESCE(started_at, ?3), updated_at = ?3 \
          WHERE id = ?1",
         params![job, status::IN_PROGRESS, now],
     )?;
-    let item = tx.query_row(
+    let item = tx.query_one_map(
         &format!("SELECT {ITEM_COLUMNS} FROM upload_job_items WHERE job_id = ?1 AND seq = ?2"),
         params![job, seq],
         item_row,
@@ -291,12 +290,12 @@ pub fn claim(
 }
 
 /// The earliest time (unix seconds) a pending item of the job may run, if one is pending.
-pub fn next_due(conn: &rusqlite::Connection, job: &str) -> Result<Option<i64>, StoreError> {
-    Ok(conn.query_row(
+pub fn next_due(conn: &Db, job: &str) -> Result<Option<i64>, StoreError> {
+    conn.query_one_map(
         "SELECT MIN(not_before) FROM upload_job_items WHERE job_id = ?1 AND state = ?2",
         params![job, item_state::PENDING],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// How a running item ended.
@@ -318,7 +317,7 @@ pub enum Outcome {
 /// Records the end of the item's run under `attempt` (and nothing if the item has moved on
 /// since, which only a resumed job can do).
 pub fn finish_item(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     job: &str,
     seq: u64,
     attempt: &str,
@@ -330,9 +329,8 @@ pub fn finish_item(
             record_id,
             key_id,
             arn,
-        } => super::exec(
-            conn,
-            "UPDATE upload_job_items SET state = ?4, record_id = ?5, key_id = ?6, arn = ?7, \
+        } => conn.exec(
+"UPDATE upload_job_items SET state = ?4, record_id = ?5, key_id = ?6, arn = ?7, \
              error = NULL, finished_at = ?8 WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3",
             params![
                 job,
@@ -345,16 +343,14 @@ pub fn finish_item(
                 now
             ],
         )?,
-        Outcome::Failed(error) => super::exec(
-            conn,
-            "UPDATE upload_job_items SET state = ?4, error = ?5, finished_at = ?6 \
+        Outcome::Failed(error) => conn.exec(
+"UPDATE upload_job_items SET state = ?4, error = ?5, finished_at = ?6 \
              WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3",
             params![job, seq, attempt, item_state::FAILED, error, now],
         )?,
         // A cancelled job takes no more runs: the item ends cancelled instead.
-        Outcome::Retry { error, not_before } => super::exec(
-            conn,
-            "UPDATE upload_job_items SET state = CASE WHEN (SELECT status FROM upload_jobs WHERE id = ?1) = ?7 \
+        Outcome::Retry { error, not_before } => conn.exec(
+"UPDATE upload_job_items SET state = CASE WHEN (SELECT status FROM upload_jobs WHERE id = ?1) = ?7 \
              THEN ?8 ELSE ?4 END, error = ?5, not_before = ?6 \
              WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3",
             params![
@@ -369,8 +365,7 @@ pub fn finish_item(
             ],
         )?,
     };
-    super::exec(
-        conn,
+    conn.exec(
         "UPDATE upload_jobs SET updated_at = ?2 WHERE id = ?1",
         params![job, now],
     )?;
@@ -378,10 +373,9 @@ pub fn finish_item(
 }
 
 /// Ends the job once no item is pending or running. Answers whether it ended now.
-pub fn finish_if_done(conn: &rusqlite::Connection, job: &str) -> Result<bool, StoreError> {
+pub fn finish_if_done(conn: &Db, job: &str) -> Result<bool, StoreError> {
     let now = now_rfc3339();
-    Ok(super::exec(
-        conn,
+    Ok(conn.exec(
         "UPDATE upload_jobs SET status = ?2, updated_at = ?3, finished_at = ?3 \
          WHERE id = ?1 AND status IN (?4, ?5) AND NOT EXISTS \
          (SELECT 1 FROM upload_job_items WHERE job_id = ?1 AND state IN (?6, ?7))",
@@ -399,11 +393,10 @@ pub fn finish_if_done(conn: &rusqlite::Connection, job: &str) -> Result<bool, St
 
 /// Stops a job: its pending items are cancelled at once; items already running finish (an
 /// upload is never cut short half-way). Answers whether the job was still open.
-pub fn cancel(conn: &mut rusqlite::Connection, id: &str) -> Result<bool, StoreError> {
+pub fn cancel(conn: &mut Db, id: &str) -> Result<bool, StoreError> {
     let now = now_rfc3339();
     let tx = conn.transaction()?;
-    let changed = super::exec(
-        &tx,
+    let changed = tx.exec(
         "UPDATE upload_jobs SET status = ?2, updated_at = ?3, finished_at = ?3 \
          WHERE id = ?1 AND status IN (?4, ?5)",
         params![
@@ -415,9 +408,7 @@ pub fn cancel(conn: &mut rusqlite::Connection, id: &str) -> Result<bool, StoreEr
         ],
     )? == 1;
     if changed {
-        super::exec(
-            &tx,
-            "UPDATE upload_job_items SET state = ?2, finished_at = ?3 WHERE job_id = ?1 AND state = ?4",
+        tx.exec("UPDATE upload_job_items SET state = ?2, finished_at = ?3 WHERE job_id = ?1 AND state = ?4",
             params![id, item_state::CANCELLED, now, item_state::PENDING],
         )?;
     }
@@ -425,28 +416,25 @@ pub fn cancel(conn: &mut rusqlite::Connection, id: &str) -> Result<bool, StoreEr
     Ok(changed)
 }
 
-/// Items a previous process left running: each is found completed (its attempt completed) or
-/// set pending again, to run under a new attempt.
-pub fn running(conn: &rusqlite::Connection) -> Result<Vec<Item>, StoreError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {ITEM_COLUMNS} FROM upload_job_items WHERE state = ?1 ORDER BY job_id, seq"
+/// Items a stopped bridge left running: those of `me` (this node's previous process, at
+/// start) and those of nodes not heard from since `since`. Each is found completed (its
+/// attempt completed) or set pending again, to run under a new attempt.
+pub fn running(conn: &Db, me: Option<&str>, since: i64) -> Result<Vec<Item>, StoreError> {
+    let stmt = conn.prepare_sql(&format!(
+        "SELECT {ITEM_COLUMNS} FROM upload_job_items WHERE state = ?1 AND (node_id IS NULL \
+         OR node_id = ?2 OR node_id NOT IN (SELECT node_id FROM cluster_nodes WHERE seen_unix >= ?3)) \
+         ORDER BY job_id, seq"
     ))?;
     let rows = stmt
-        .query_map([item_state::RUNNING], item_row)?
+        .query_map(params![item_state::RUNNING, me, since], item_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 
 /// A running item whose attempt never completed goes back to pending.
-pub fn requeue(
-    conn: &rusqlite::Connection,
-    job: &str,
-    seq: u64,
-    attempt: &str,
-) -> Result<(), StoreError> {
-    super::exec(
-        conn,
-        "UPDATE upload_job_items SET state = CASE WHEN (SELECT status FROM upload_jobs WHERE id = ?1) = ?5 \
+pub fn requeue(conn: &Db, job: &str, seq: u64, attempt: &str) -> Result<(), StoreError> {
+    conn.exec(
+"UPDATE upload_job_items SET state = CASE WHEN (SELECT status FROM upload_jobs WHERE id = ?1) = ?5 \
          THEN ?6 ELSE ?4 END, not_before = 0 WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3 AND state = ?7",
         params![
             job,
@@ -462,8 +450,8 @@ pub fn requeue(
 }
 
 /// Item counts over every open job, by state (for the metrics).
-pub fn open_counts(conn: &rusqlite::Connection) -> Result<Vec<(String, u64)>, StoreError> {
-    let mut stmt = conn.prepare(
+pub fn open_counts(conn: &Db) -> Result<Vec<(String, u64)>, StoreError> {
+    let stmt = conn.prepare_sql(
         "SELECT i.state, COUNT(*) FROM upload_job_items i JOIN upload_jobs j ON j.id = i.job_id \
          WHERE j.status IN (?1, ?2) GROUP BY i.state",
     )?;
@@ -479,11 +467,7 @@ pub fn open_counts(conn: &rusqlite::Connection) -> Result<Vec<(String, u64)>, St
 mod tests {
     use super::*;
 
-    fn store() -> rusqlite::Connection {
-        let c = rusqlite::Connection::open_in_memory().expect("open");
-        super::super::migrate(&c).expect("migrate");
-        c
-    }
+    use crate::store::testing::each_backend;
 
     fn item(source: &str) -> NewItem {
         NewItem {
@@ -495,7 +479,7 @@ mod tests {
         }
     }
 
-    fn job(c: &mut rusqlite::Connection, id: &str, sources: &[&str]) -> Result<(), StoreError> {
+    fn job(c: &mut Db, id: &str, sources: &[&str]) -> Result<(), StoreError> {
         let items: Vec<NewItem> = sources.iter().map(|s| item(s)).collect();
         create(
             c,
@@ -511,147 +495,152 @@ mod tests {
 
     #[test]
     fn a_source_goes_to_a_kms_and_region_once_per_job_and_a_refused_job_leaves_nothing() {
-        let mut c = store();
-        assert!(job(&mut c, "j1", &["a", "a"]).is_err());
-        assert!(get(&c, "j1").expect("get").is_none(), "nothing half-made");
-        job(&mut c, "j1", &["a", "b"]).expect("two items");
-        // Another job may upload the same key again.
-        job(&mut c, "j2", &["a"]).expect("another job");
+        each_backend(|c| {
+            assert!(job(c, "j1", &["a", "a"]).is_err());
+            assert!(get(c, "j1").expect("get").is_none(), "nothing half-made");
+            job(c, "j1", &["a", "b"]).expect("two items");
+            // Another job may upload the same key again.
+            job(c, "j2", &["a"]).expect("another job");
+        });
     }
 
     #[test]
     fn items_are_claimed_once_each_and_the_job_ends_when_all_have() {
-        let mut c = store();
-        job(&mut c, "j", &["a", "b"]).expect("job");
-        let first = claim(&mut c, "j", 0).expect("claim").expect("an item");
-        let second = claim(&mut c, "j", 0).expect("claim").expect("an item");
-        assert_ne!(first.seq, second.seq);
-        assert_ne!(first.upload_id, second.upload_id);
-        assert!(claim(&mut c, "j", 0).expect("claim").is_none());
-        let a1 = first.upload_id.clone().expect("attempt");
-        // A retry waits for its time, under a new attempt.
-        finish_item(
-            &c,
-            "j",
-            first.seq,
-            &a1,
-            &Outcome::Retry {
-                error: "503".into(),
-                not_before: 100,
-            },
-        )
-        .expect("retry");
-        assert!(claim(&mut c, "j", 99).expect("claim").is_none());
-        assert_eq!(next_due(&c, "j").expect("due"), Some(100));
-        let again = claim(&mut c, "j", 100).expect("claim").expect("due now");
-        assert_eq!((again.seq, again.tries), (first.seq, 2));
-        assert_ne!(again.upload_id.as_deref(), Some(a1.as_str()));
-        // The outcome of a stale attempt changes nothing.
-        finish_item(&c, "j", first.seq, &a1, &Outcome::Failed("late".into())).expect("stale");
-        assert_eq!(
-            items(&c, "j", Some(item_state::FAILED), 0, 10)
-                .expect("items")
-                .len(),
-            0
-        );
-        let done = Outcome::Completed {
-            record_id: "r".into(),
-            key_id: "k".into(),
-            arn: "arn".into(),
-        };
-        finish_item(
-            &c,
-            "j",
-            again.seq,
-            again.upload_id.as_deref().expect("a"),
-            &done,
-        )
-        .expect("done");
-        assert!(!finish_if_done(&c, "j").expect("not yet"));
-        finish_item(
-            &c,
-            "j",
-            second.seq,
-            second.upload_id.as_deref().expect("a"),
-            &Outcome::Failed("no".into()),
-        )
-        .expect("failed");
-        assert!(finish_if_done(&c, "j").expect("done"));
-        let j = get(&c, "j").expect("get").expect("job");
-        assert_eq!(
-            (j.status.as_str(), j.completed, j.failed),
-            (status::COMPLETED, 1, 1)
-        );
-        assert!(runnable(&c).expect("runnable").is_empty());
+        each_backend(|c| {
+            job(c, "j", &["a", "b"]).expect("job");
+            let first = claim(c, "j", 0, "n").expect("claim").expect("an item");
+            let second = claim(c, "j", 0, "n").expect("claim").expect("an item");
+            assert_ne!(first.seq, second.seq);
+            assert_ne!(first.upload_id, second.upload_id);
+            assert!(claim(c, "j", 0, "n").expect("claim").is_none());
+            let a1 = first.upload_id.clone().expect("attempt");
+            // A retry waits for its time, under a new attempt.
+            finish_item(
+                c,
+                "j",
+                first.seq,
+                &a1,
+                &Outcome::Retry {
+                    error: "503".into(),
+                    not_before: 100,
+                },
+            )
+            .expect("retry");
+            assert!(claim(c, "j", 99, "n").expect("claim").is_none());
+            assert_eq!(next_due(c, "j").expect("due"), Some(100));
+            let again = claim(c, "j", 100, "n").expect("claim").expect("due now");
+            assert_eq!((again.seq, again.tries), (first.seq, 2));
+            assert_ne!(again.upload_id.as_deref(), Some(a1.as_str()));
+            // The outcome of a stale attempt changes nothing.
+            finish_item(c, "j", first.seq, &a1, &Outcome::Failed("late".into())).expect("stale");
+            assert_eq!(
+                items(c, "j", Some(item_state::FAILED), 0, 10)
+                    .expect("items")
+                    .len(),
+                0
+            );
+            let done = Outcome::Completed {
+                record_id: "r".into(),
+                key_id: "k".into(),
+                arn: "arn".into(),
+            };
+            finish_item(
+                c,
+                "j",
+                again.seq,
+                again.upload_id.as_deref().expect("a"),
+                &done,
+            )
+            .expect("done");
+            assert!(!finish_if_done(c, "j").expect("not yet"));
+            finish_item(
+                c,
+                "j",
+                second.seq,
+                second.upload_id.as_deref().expect("a"),
+                &Outcome::Failed("no".into()),
+            )
+            .expect("failed");
+            assert!(finish_if_done(c, "j").expect("done"));
+            let j = get(c, "j").expect("get").expect("job");
+            assert_eq!(
+                (j.status.as_str(), j.completed, j.failed),
+                (status::COMPLETED, 1, 1)
+            );
+            assert!(runnable(c).expect("runnable").is_empty());
+        });
     }
 
     #[test]
     fn cancelling_stops_pending_items_and_running_ones_end_as_they_end() {
-        let mut c = store();
-        job(&mut c, "j", &["a", "b", "c"]).expect("job");
-        let running = claim(&mut c, "j", 0).expect("claim").expect("item");
-        assert!(cancel(&mut c, "j").expect("cancel"));
-        assert!(!cancel(&mut c, "j").expect("once"));
-        assert!(claim(&mut c, "j", 0).expect("claim").is_none());
-        let j = get(&c, "j").expect("get").expect("job");
-        assert_eq!((j.cancelled, j.running), (2, 1));
-        // A retry of a cancelled job's item ends it cancelled.
-        finish_item(
-            &c,
-            "j",
-            running.seq,
-            running.upload_id.as_deref().expect("a"),
-            &Outcome::Retry {
-                error: "503".into(),
-                not_before: 0,
-            },
-        )
-        .expect("retry");
-        let j = get(&c, "j").expect("get").expect("job");
-        assert_eq!(
-            (j.status.as_str(), j.cancelled, j.running),
-            (status::CANCELLED, 3, 0)
-        );
+        each_backend(|c| {
+            job(c, "j", &["a", "b", "c"]).expect("job");
+            let running = claim(c, "j", 0, "n").expect("claim").expect("item");
+            assert!(cancel(c, "j").expect("cancel"));
+            assert!(!cancel(c, "j").expect("once"));
+            assert!(claim(c, "j", 0, "n").expect("claim").is_none());
+            let j = get(c, "j").expect("get").expect("job");
+            assert_eq!((j.cancelled, j.running), (2, 1));
+            // A retry of a cancelled job's item ends it cancelled.
+            finish_item(
+                c,
+                "j",
+                running.seq,
+                running.upload_id.as_deref().expect("a"),
+                &Outcome::Retry {
+                    error: "503".into(),
+                    not_before: 0,
+                },
+            )
+            .expect("retry");
+            let j = get(c, "j").expect("get").expect("job");
+            assert_eq!(
+                (j.status.as_str(), j.cancelled, j.running),
+                (status::CANCELLED, 3, 0)
+            );
+        });
     }
 
     #[test]
     fn an_item_runs_again_only_once_its_last_attempt_has_settled() {
-        let mut c = store();
-        job(&mut c, "j", &["a"]).expect("job");
-        let it = claim(&mut c, "j", 0).expect("claim").expect("item");
-        let attempt = it.upload_id.clone().expect("attempt");
-        c.execute(
-            "INSERT INTO upload_attempts (id, request_id, kms_id, kms_name, region, source_tier, \
-             source_key, stage, state, created_at, updated_at) \
-             VALUES (?1, 'r', 'k', 'k', 'us-east-1', 'local', 'a', 'ImportKeyMaterial', 'in_progress', 'now', 'now')",
-            [&attempt],
-        )
-        .expect("attempt");
-        requeue(&c, "j", it.seq, &attempt).expect("requeue");
-        assert!(
-            claim(&mut c, "j", 0).expect("claim").is_none(),
-            "its key is not settled"
-        );
-        c.execute(
-            "UPDATE upload_attempts SET state = 'cleaned' WHERE id = ?1",
-            [&attempt],
-        )
-        .expect("cleaned");
-        assert!(claim(&mut c, "j", 0).expect("claim").is_some());
+        each_backend(|c| {
+            job(c, "j", &["a"]).expect("job");
+            let it = claim(c, "j", 0, "n").expect("claim").expect("item");
+            let attempt = it.upload_id.clone().expect("attempt");
+            c.exec(
+                "INSERT INTO upload_attempts (id, request_id, kms_id, kms_name, region, source_tier, \
+                 source_key, stage, state, created_at, updated_at) \
+                 VALUES (?1, 'r', 'k', 'k', 'us-east-1', 'local', 'a', 'ImportKeyMaterial', 'in_progress', 'now', 'now')",
+                params![attempt],
+            )
+            .expect("attempt");
+            requeue(c, "j", it.seq, &attempt).expect("requeue");
+            assert!(
+                claim(c, "j", 0, "n").expect("claim").is_none(),
+                "its key is not settled"
+            );
+            c.exec(
+                "UPDATE upload_attempts SET state = 'cleaned' WHERE id = ?1",
+                params![attempt],
+            )
+            .expect("cleaned");
+            assert!(claim(c, "j", 0, "n").expect("claim").is_some());
+        });
     }
 
     #[test]
     fn an_item_left_running_by_a_dead_process_goes_back_to_pending() {
-        let mut c = store();
-        job(&mut c, "j", &["a"]).expect("job");
-        let it = claim(&mut c, "j", 0).expect("claim").expect("item");
-        let left = running(&c).expect("running");
-        assert_eq!(left.len(), 1);
-        requeue(&c, "j", it.seq, it.upload_id.as_deref().expect("a")).expect("requeue");
-        assert!(running(&c).expect("running").is_empty());
-        let again = claim(&mut c, "j", 0)
-            .expect("claim")
-            .expect("pending again");
-        assert_eq!(again.tries, 2);
+        each_backend(|c| {
+            job(c, "j", &["a"]).expect("job");
+            let it = claim(c, "j", 0, "n").expect("claim").expect("item");
+            let left = running(c, Some("n"), 0).expect("running");
+            assert_eq!(left.len(), 1);
+            requeue(c, "j", it.seq, it.upload_id.as_deref().expect("a")).expect("requeue");
+            assert!(running(c, Some("n"), 0).expect("running").is_empty());
+            let again = claim(c, "j", 0, "n")
+                .expect("claim")
+                .expect("pending again");
+            assert_eq!(again.tries, 2);
+        });
     }
 }

@@ -80,14 +80,10 @@ impl Tier for LocalTier {
             )));
         }
         let token = self.vault.token().clone();
-        let serial = token.ident().serial;
-        if row.token_serial != serial {
-            return Err(DomainError::Unprocessable(format!(
-                "{what} is kept under the KEK of token serial {}, not of the configured bridge token (serial {serial})",
-                row.token_serial
-            )));
-        }
-        // Unwrap once now: a missing or replaced KEK is refused before anything reaches AWS.
+        // The token that stored the key may be another bridge's (several bridges share a
+        // store, each token holding the same KEK, checked at start): what counts is that this
+        // token's KEK unwraps it. Unwrap once now: a missing or replaced KEK is refused
+        // before anything reaches AWS.
         let probe = row.clone();
         token
             .run(move |s| crate::vault::unwrap_into(s, &probe).map(|_| ()))

@@ -789,12 +789,7 @@ impl Vault {
         tracing::info!(key = %row.id, name = %row.name, wrapping_key = %fingerprint, "vault key exported wrapped");
         let id = row.id.clone();
         self.store
-            .call(move |c| {
-                Ok(c.execute(
-                    "UPDATE vault_keys SET extra = json_set(extra, '$.exported', json('true')) WHERE id = ?1",
-                    [id],
-                )?)
-            })
+            .call(move |c| crate::store::vault::mark_exported(c, &id))
             .await?;
         let mut row = row;
         let mut extra: Value = serde_json::from_str(&row.extra).unwrap_or_else(|_| json!({}));

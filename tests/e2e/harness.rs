@@ -546,6 +546,11 @@ pub struct Opts {
     pub request_quotas: Option<String>,
     /// `[[kms]].operation_timeout_secs`.
     pub operation_timeout_secs: u64,
+    /// The keys of `[store]` instead of a SQLite file of the daemon's own.
+    pub store_toml: Option<String>,
+    /// The `[[kms]]` identity (account, name, id) of another bridge, so that two bridges
+    /// sharing a store name one KMS connection.
+    pub same_kms_as: Option<(String, String, String)>,
 }
 
 impl Opts {
@@ -574,12 +579,16 @@ impl Default for Opts {
             token_toml: String::new(),
             request_quotas: None,
             operation_timeout_secs: 10,
+            store_toml: None,
+            same_kms_as: None,
         }
     }
 }
 
 pub struct Bridge {
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL store (URL, password file) when `Opts::store_toml` names one.
+    pub postgres: Option<(String, PathBuf)>,
     pub config: PathBuf,
     pub db_path: PathBuf,
     pub url: String,
@@ -599,6 +608,22 @@ pub const GROUP: &str = "CCKM Admins";
 
 impl Bridge {
     pub async fn start(tokens: &Tokens, opts: Opts) -> Bridge {
+        let mut b = Self::prepare(tokens, opts);
+        b.launch().await;
+        b
+    }
+
+    /// The KMS connection identity, for `Opts::same_kms_as`.
+    pub fn kms_identity(&self) -> (String, String, String) {
+        (
+            self.account.clone(),
+            self.kms_name.clone(),
+            self.kms_id.clone(),
+        )
+    }
+
+    /// Writes the daemon's files without starting it.
+    pub fn prepare(tokens: &Tokens, opts: Opts) -> Bridge {
         let w = world();
         let dir = tempfile::Builder::new()
             .prefix("bridge-")
@@ -615,10 +640,13 @@ impl Bridge {
         }
         remember(&jwt_secret);
         write_private(&d.join("jwt.key"), &jwt_secret);
-        let account = w.new_account();
-        let n = w.next();
-        let kms_name = format!("kms-{n}");
-        let kms_id = uuid::Uuid::new_v4().to_string();
+        let (account, kms_name, kms_id) = opts.same_kms_as.clone().unwrap_or_else(|| {
+            (
+                w.new_account(),
+                format!("kms-{}", w.next()),
+                uuid::Uuid::new_v4().to_string(),
+            )
+        });
         let endpoint = opts
             .kms_endpoint
             .clone()
@@ -660,7 +688,7 @@ jwt_secret_file = "{d}/jwt.key"
 allowed_groups = ["{GROUP}", "admin"]
 
 [store]
-path = "{d}/state/hsm-bridge.db"
+{store}
 
 [logging]
 level = "info,hsm_bridge=debug"
@@ -699,6 +727,10 @@ request_quotas = {quotas}
                 .clone()
                 .unwrap_or_else(|| "listen = \"127.0.0.1:0\"\nplaintext = true".to_owned()),
             cleanup = opts.cleanup_interval_secs,
+            store = opts
+                .store_toml
+                .clone()
+                .unwrap_or_else(|| format!("path = \"{}/state/hsm-bridge.db\"", d.display())),
             bridge = tokens.bridge,
             module = module.display(),
             token_toml = opts.token_toml,
@@ -728,7 +760,16 @@ request_quotas = {quotas}
         let config_path = d.join("hsm-bridge.toml");
         std::fs::write(&config_path, config).expect("config");
         let token = mint_cli(&config_path, "alice", &[GROUP]);
-        let mut b = Bridge {
+        let toml_value = |key: &str| {
+            opts.store_toml.as_deref().and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+            })
+        };
+        let postgres = toml_value("url").zip(toml_value("password_file").map(PathBuf::from));
+        Bridge {
+            postgres,
             db_path: d.join("state/hsm-bridge.db"),
             config: config_path,
             url: String::new(),
@@ -746,9 +787,7 @@ request_quotas = {quotas}
                 .build()
                 .expect("http client"),
             dir,
-        };
-        b.launch().await;
-        b
+        }
     }
 
     fn log_file(&self, name: &str) -> std::fs::File {
@@ -808,6 +847,34 @@ request_quotas = {quotas}
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Starts the daemon and expects it to refuse to start: its exit code and stderr.
+    pub async fn launch_refused(&mut self) -> (i32, String) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("SOFTHSM2_CONF", &world().softhsm_conf)
+            .env("KRYOPTIC_CONF", &world().kryoptic_conf)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        let out = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::task::spawn_blocking(move || cmd.output())
+                .await
+                .expect("join")
+        })
+        .await
+        .expect("the daemon should have refused to start within 60 s")
+        .expect("run hsm-bridge");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn stderr(&self) -> String {
@@ -1264,13 +1331,36 @@ pub fn assert_no_leak(bridge: &Bridge) {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let mut haystacks: Vec<(String, Vec<u8>)> = vec![("logs".into(), bridge.logs())];
-    for entry in std::fs::read_dir(bridge.db_path.parent().expect("state dir")).expect("state dir")
-    {
-        let p = entry.expect("entry").path();
-        haystacks.push((
-            p.display().to_string(),
-            std::fs::read(&p).unwrap_or_default(),
-        ));
+    match &bridge.postgres {
+        // Everything the store holds, as pg_dump writes it (bytes in hex).
+        Some((url, password)) => {
+            let out = Command::new("pg_dump")
+                .arg("--data-only")
+                .arg(url)
+                .env(
+                    "PGPASSWORD",
+                    std::fs::read_to_string(password).expect("password").trim(),
+                )
+                .output()
+                .expect("pg_dump");
+            assert!(
+                out.status.success(),
+                "pg_dump: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            haystacks.push((format!("the store at {url}"), out.stdout));
+        }
+        None => {
+            for entry in
+                std::fs::read_dir(bridge.db_path.parent().expect("state dir")).expect("state dir")
+            {
+                let p = entry.expect("entry").path();
+                haystacks.push((
+                    p.display().to_string(),
+                    std::fs::read(&p).unwrap_or_default(),
+                ));
+            }
+        }
     }
     let logs = bridge.logs();
     for pin in [USER_PIN, SO_PIN] {

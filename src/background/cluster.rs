@@ -1,0 +1,115 @@
+//! This bridge among those sharing the store: its name, its heartbeat, and the named leases
+//! that keep work meant to run once (the schedules, the periodic synchronization) on one
+//! node at a time. With SQLite the cluster is this one node, and the same code holds.
+
+use std::time::Duration;
+
+use crate::config::ClusterConfig;
+use crate::store::Store;
+use crate::store::cluster::{self, Node};
+
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub node_id: String,
+    pub host: String,
+    pub started_at: String,
+    pub heartbeat: Duration,
+    /// A node not heard from for this long is dead.
+    pub timeout: Duration,
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Membership {
+    pub fn from_config(cfg: &ClusterConfig) -> Self {
+        let host = host_name();
+        Self {
+            node_id: cfg.node_name.clone().unwrap_or_else(|| host.clone()),
+            host,
+            started_at: crate::store::now_rfc3339(),
+            heartbeat: Duration::from_secs(cfg.heartbeat_secs),
+            timeout: Duration::from_secs(cfg.node_timeout_secs),
+        }
+    }
+
+    /// Nodes heard from at or after this Unix time are alive.
+    pub fn alive_since(&self) -> i64 {
+        now_unix() - self.timeout.as_secs() as i64
+    }
+
+    fn node(&self) -> Node {
+        Node {
+            node_id: self.node_id.clone(),
+            host: self.host.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: self.started_at.clone(),
+            seen_unix: now_unix(),
+        }
+    }
+
+    pub async fn beat(&self, store: &Store) -> Result<(), crate::store::StoreError> {
+        let node = self.node();
+        store.call(move |c| cluster::heartbeat(c, &node)).await
+    }
+
+    /// Heartbeats until the process ends.
+    pub async fn beat_forever(self, store: Store) {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(self.heartbeat).await;
+            match self.beat(&store).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("cluster heartbeat recorded again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cluster heartbeat could not be recorded");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Takes or renews the lease `name` for one node timeout: whether this node holds it.
+    /// A store that cannot be reached holds nothing.
+    pub async fn lease(&self, store: &Store, name: &'static str) -> bool {
+        let node = self.node_id.clone();
+        let now = now_unix();
+        let until = now + self.timeout.as_secs() as i64;
+        match store
+            .call(move |c| cluster::try_lease(c, name, &node, now, until))
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(lease = name, error = %e, "work lease could not be taken");
+                false
+            }
+        }
+    }
+
+    /// Whether `owner` (recorded on a row) is another node that is alive: its work is left
+    /// to it. Unknown (store unreachable) counts as alive: nothing is taken over on a guess.
+    pub async fn owned_by_other_live_node(&self, store: &Store, owner: Option<&str>) -> bool {
+        let Some(owner) = owner.filter(|o| *o != self.node_id) else {
+            return false;
+        };
+        let (me, owner, since) = (self.node_id.clone(), owner.to_owned(), self.alive_since());
+        store
+            .call(move |c| cluster::is_other_alive(c, &me, Some(&owner), since))
+            .await
+            .unwrap_or(true)
+    }
+}
