@@ -73,7 +73,7 @@ impl Auditor {
         if self.store.call(move |c| audit::sealed(c, seq)).await? {
             return Ok(None);
         }
-        let msg = audit::seal_message(seq, &hash);
+        let msg = audit::seal_message(seq, &hash, Some(&self.node_id));
         let mac = self
             .token
             .run(move |s| {
@@ -128,11 +128,18 @@ pub fn verify(
     verify_chain(&entries, &seals, token_session, None)
 }
 
+/// Who is verifying, where bridges share the store: this node's name and every node the
+/// store has known.
+pub struct ClusterView {
+    pub me: String,
+    pub members: Vec<String>,
+}
+
 fn verify_chain(
     entries: &[(audit::Entry, String)],
     seals: &[audit::Seal],
     token_session: &cryptoki::session::Session,
-    me: Option<&str>,
+    cluster: Option<&ClusterView>,
 ) -> Result<Verdict, AuditError> {
     let mut prev = audit::GENESIS.to_vec();
     let mut expected_seq = 1;
@@ -193,42 +200,29 @@ fn verify_chain(
         node_id,
     } in seals
     {
-        let mine = match (node_id.as_deref(), me) {
-            (Some(n), Some(me)) => n == me,
-            _ => true,
+        let msg = audit::seal_message(*seq, hash, node_id.as_deref());
+        let verified = match key {
+            Some(k) => &ops::hmac_sha256(token_session, k, &msg)? == mac,
+            None => false,
         };
-        if !mine {
-            others += 1;
-        }
-        let Some(key) = key.filter(|_| mine) else {
-            if !mine {
-                match hashes.get(seq) {
-                    Some(h) if h == hash => {}
-                    _ => {
-                        return Ok(Verdict::Broken {
-                            seq: *seq,
-                            why: format!(
-                                "entry {seq} differs from the one another bridge sealed, or is missing"
-                            ),
-                        });
-                    }
-                }
-                last_sealed = Some(*seq);
-                continue;
+        if !verified {
+            // Another member's seal is checked on that member; any other seal that this
+            // token did not make is broken.
+            let foreign = match (cluster, node_id.as_deref()) {
+                (Some(c), Some(n)) => n != c.me && c.members.iter().any(|m| m == n),
+                _ => false,
+            };
+            if !foreign {
+                let why = if key.is_none() {
+                    "the bridge token holds no audit MAC key to check the seals with".to_owned()
+                } else {
+                    format!(
+                        "the seal of entry {seq} is not the token's (the seal was forged or altered)"
+                    )
+                };
+                return Ok(Verdict::Broken { seq: *seq, why });
             }
-            return Ok(Verdict::Broken {
-                seq: *seq,
-                why: "the bridge token holds no audit MAC key to check the seals with".into(),
-            });
-        };
-        let want = ops::hmac_sha256(token_session, key, &audit::seal_message(*seq, hash))?;
-        if &want != mac {
-            return Ok(Verdict::Broken {
-                seq: *seq,
-                why: format!(
-                    "the seal of entry {seq} is not the token's (the seal was forged or altered)"
-                ),
-            });
+            others += 1;
         }
         match hashes.get(seq) {
             Some(h) if h == hash => {}
@@ -260,8 +254,7 @@ fn verify_chain(
 /// `hsm-bridge audit verify`: opens the store and the bridge token of `cfg` (read-only: the MAC
 /// key is never created here) and verifies the whole trail.
 pub fn verify_configured(cfg: &crate::config::Config) -> Result<Verdict, String> {
-    let (entries, seals) = read_trail(cfg)?;
-    let me = crate::background::cluster::Membership::from_config(&cfg.cluster).node_id;
+    let (entries, seals, cluster) = read_trail(cfg)?;
     let tc = cfg.vault_token();
     let index = cfg
         .tokens
@@ -272,7 +265,7 @@ pub fn verify_configured(cfg: &crate::config::Config) -> Result<Verdict, String>
     let token = Token::open(&modules, tc, index).map_err(|e| format!("token {}: {e}", tc.name))?;
     token
         .run_blocking(|s| {
-            verify_chain(&entries, &seals, s, Some(&me)).map_err(|e| match e {
+            verify_chain(&entries, &seals, s, cluster.as_ref()).map_err(|e| match e {
                 AuditError::Token(t) => t,
                 AuditError::Store(st) => TokenError::Refused(st.to_string()),
             })
@@ -280,26 +273,43 @@ pub fn verify_configured(cfg: &crate::config::Config) -> Result<Verdict, String>
         .map_err(|e| format!("token {}: {e}", tc.name))
 }
 
-/// The entries (with the detail text each hash covers) and the seals.
-type Trail = (Vec<(audit::Entry, String)>, Vec<audit::Seal>);
+/// The entries (with the detail text each hash covers), the seals, and (PostgreSQL) the
+/// cluster as the store knows it.
+type Trail = (
+    Vec<(audit::Entry, String)>,
+    Vec<audit::Seal>,
+    Option<ClusterView>,
+);
 
 /// The whole trail, read without changing the store (a SQLite file is opened read-only).
 fn read_trail(cfg: &crate::config::Config) -> Result<Trail, String> {
     let what = cfg.store.describe();
     let read = |db: &Db| -> Result<_, StoreError> { Ok((audit::all(db)?, audit::seals(db)?)) };
     match cfg.store.location()? {
+        // One bridge: every seal is this token's.
         crate::store::Location::Sqlite(path) => {
             let db = Store::open_read_only(path).map_err(|e| format!("{what}: {e}"))?;
-            read(&db).map_err(|e| format!("{what}: {e}"))
+            let (entries, seals) = read(&db).map_err(|e| format!("{what}: {e}"))?;
+            Ok((entries, seals, None))
         }
         location => {
+            let me = crate::background::cluster::Membership::from_config(&cfg.cluster).node_id;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
             rt.block_on(async {
                 let store = Store::open_at(location).await?;
-                store.call(move |db| read(db)).await
+                store
+                    .call(move |db| {
+                        let (entries, seals) = read(db)?;
+                        let members = crate::store::cluster::members(db, i64::MIN)?
+                            .into_iter()
+                            .map(|n| n.node_id)
+                            .collect();
+                        Ok((entries, seals, Some(ClusterView { me, members })))
+                    })
+                    .await
             })
             .map_err(|e| format!("{what}: {e}"))
         }

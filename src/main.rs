@@ -215,7 +215,7 @@ fn main() -> ExitCode {
                     );
                     if others > 0 {
                         println!(
-                            "{others} of the seals were made by other bridges of the store: their MACs are checked by `audit verify` on those bridges"
+                            "{others} of the seals were made by other bridges of the store: their MACs are checked by `audit verify` on those bridges (each with its own node_name)"
                         );
                     }
                     ExitCode::SUCCESS

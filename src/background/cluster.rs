@@ -85,9 +85,15 @@ impl Membership {
     /// Takes or renews the lease `name` for one node timeout: whether this node holds it.
     /// A store that cannot be reached holds nothing.
     pub async fn lease(&self, store: &Store, name: &'static str) -> bool {
+        self.lease_for(store, name, self.timeout).await
+    }
+
+    /// The same for `hold`: taken only once the last holder's time ran out (or renewed by
+    /// this node, which holds it).
+    pub async fn lease_for(&self, store: &Store, name: &'static str, hold: Duration) -> bool {
         let node = self.node_id.clone();
         let now = now_unix();
-        let until = now + self.timeout.as_secs() as i64;
+        let until = now + hold.as_secs() as i64;
         match store
             .call(move |c| cluster::try_lease(c, name, &node, now, until))
             .await

@@ -163,11 +163,11 @@ impl Synchronizer {
     /// Closes the jobs a stopped bridge left running: this node's previous process (`mine`)
     /// and nodes no longer heard from.
     async fn abandon_unfinished(&self, mine: bool) {
-        let me = mine.then(|| self.membership.node_id.clone());
+        let me = self.membership.node_id.clone();
         let since = self.membership.alive_since();
         match self
             .store
-            .call(move |c| sync_jobs::abandon_unfinished(c, me.as_deref(), since))
+            .call(move |c| sync_jobs::abandon_unfinished(c, &me, mine, since))
             .await
         {
             Ok(n) if n > 0 => tracing::warn!(
@@ -192,7 +192,17 @@ impl Synchronizer {
         loop {
             tokio::time::sleep(every).await;
             self.abandon_unfinished(false).await;
-            if !self.membership.lease(&self.store, "periodic-sync").await {
+            // Held for one interval (at least one node timeout): one periodic job per
+            // interval across the cluster, whichever bridge wakes first.
+            if !self
+                .membership
+                .lease_for(
+                    &self.store,
+                    "periodic-sync",
+                    every.max(self.membership.timeout),
+                )
+                .await
+            {
                 continue;
             }
             match self.start(Vec::new(), Vec::new(), "periodic").await {

@@ -90,12 +90,12 @@ impl JobRunner {
     /// Answers how many it looked at.
     async fn resume(&self, mine: bool) -> Result<usize, StoreError> {
         let most = self.cfg.item_attempts;
-        let me = mine.then(|| self.membership.node_id.clone());
+        let me = self.membership.node_id.clone();
         let since = self.membership.alive_since();
         let (n, found) = self
             .store
             .call(move |c| {
-                let running = upload_jobs::running(c, me.as_deref(), since)?;
+                let running = upload_jobs::running(c, &me, mine, since)?;
                 let mut found = Vec::new();
                 for it in &running {
                     let Some(attempt) = it.upload_id.as_deref() else {
@@ -120,7 +120,8 @@ impl JobRunner {
                     match made {
                         Some((record_id, key_id, arn)) => {
                             tracing::info!(job = %it.job_id, item = it.seq, %key_id, "upload job item was uploaded before the restart");
-                            upload_jobs::finish_item(
+                            // Audited by the one bridge that settles it.
+                            if upload_jobs::finish_item(
                                 c,
                                 &it.job_id,
                                 it.seq,
@@ -130,8 +131,9 @@ impl JobRunner {
                                     key_id: key_id.clone(),
                                     arn,
                                 },
-                            )?;
-                            found.push((it.clone(), attempt.to_owned(), key_id));
+                            )? {
+                                found.push((it.clone(), attempt.to_owned(), key_id));
+                            }
                         }
                         None if it.tries >= most => {
                             tracing::error!(job = %it.job_id, item = it.seq, tries = it.tries, "upload job item was cut short by the bridge stopping too often; it is failed");
@@ -325,7 +327,9 @@ impl Worker {
             let seq = item.seq;
             r = self
                 .store
-                .call_relaxed(move |c| upload_jobs::finish_item(c, &job, seq, &attempt, &o))
+                .call_relaxed(move |c| {
+                    upload_jobs::finish_item(c, &job, seq, &attempt, &o).map(|_| ())
+                })
                 .await;
             if r.is_ok() {
                 break;

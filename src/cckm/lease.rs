@@ -100,6 +100,9 @@ impl KeyManager {
     /// is retried with a growing delay that always leaves time before the material expires;
     /// each failure is logged as a warning and entered in the key's history.
     pub async fn renew_lease(&self, id: &str, retry_base_secs: u64) {
+        if !self.claim_due(id, DUE_PATH).await {
+            return;
+        }
         let Ok(t) = self.target(id).await else { return };
         let r = &t.loc.record;
         let lease = r["lease"].clone();

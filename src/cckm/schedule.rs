@@ -20,6 +20,9 @@ use crate::vocabulary::{Unused, Vocabulary};
 /// Where the schedule's next due time sits in the record (what the scheduler queries).
 pub const DUE_PATH: &[&str] = &["rotation_schedule", "next_unix"];
 
+/// How long claimed scheduled work is held before it is due again (its bridge died doing it).
+const CLAIM_HOLD_SECS: i64 = 600;
+
 /// The body of `enable-rotation-job`. CipherTrust's `job_config_id` names a scheduler of its
 /// own; the bridge keeps the period itself (`rotation_period_days`).
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +197,9 @@ impl KeyManager {
     /// new key after a rotation to a new key, forward on the same key after a material one.
     /// A failure is counted and retried later (backing off, never later than one period).
     pub async fn run_scheduled_rotation(&self, id: &str, retry_base_secs: u64) {
+        if !self.claim_due(id, DUE_PATH).await {
+            return;
+        }
         let Ok(t) = self.target(id).await else { return };
         let s = t.loc.record["rotation_schedule"].clone();
         let period = s["period_secs"].as_u64().unwrap_or(86_400).max(1);
@@ -238,6 +244,26 @@ impl KeyManager {
                 let updated = schedule_json(&s, retry, failures, json!(why));
                 self.patch_record(id, move |r| r["rotation_schedule"] = updated)
                     .await;
+            }
+        }
+    }
+
+    /// Takes the due work at `path` of record `id` for this bridge (another bridge of the
+    /// store may have taken or done it since the due list was read): `false` if it is not due
+    /// any more. A bridge that dies doing it leaves it due again after `CLAIM_HOLD_SECS`.
+    pub(crate) async fn claim_due(&self, id: &str, path: &'static [&'static str]) -> bool {
+        let key = id.to_owned();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        match self
+            .uploader
+            .store
+            .call(move |c| aws_keys::claim_due(c, &key, path, now, now + CLAIM_HOLD_SECS))
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(key = %id, error = %e, "could not claim scheduled work; it stays due");
+                false
             }
         }
     }

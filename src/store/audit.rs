@@ -161,11 +161,20 @@ pub fn seal(conn: &Db, seq: i64, hash: &[u8], mac: &[u8], node: &str) -> Result<
     Ok(())
 }
 
-/// The message a seal's MAC is computed over.
-pub fn seal_message(seq: i64, hash: &[u8]) -> Vec<u8> {
-    let mut m = b"hsm-bridge audit seal v1".to_vec();
+/// The message a seal's MAC is computed over: the sealed entry, its hash, and (for seals
+/// made since bridges share stores) the node whose token computed it, so that a seal cannot
+/// be passed off as another node's.
+pub fn seal_message(seq: i64, hash: &[u8], node: Option<&str>) -> Vec<u8> {
+    let mut m = match node {
+        None => b"hsm-bridge audit seal v1".to_vec(),
+        Some(_) => b"hsm-bridge audit seal v2".to_vec(),
+    };
     m.extend_from_slice(&seq.to_be_bytes());
     m.extend_from_slice(hash);
+    if let Some(n) = node {
+        m.extend_from_slice(&(n.len() as u32).to_be_bytes());
+        m.extend_from_slice(n.as_bytes());
+    }
     m
 }
 

@@ -73,11 +73,19 @@ pub struct Located {
     pub record: Value,
 }
 
-/// By record id, AWS key id or ARN (the newest record of a key id).
+/// By record id, AWS key id or ARN (the newest record of a key id). On PostgreSQL the row is
+/// locked for the rest of the transaction, so that a read-modify-write of a record on one
+/// bridge never loses another bridge's write (SQLite's write lock does this by itself).
 pub fn locate(conn: &Db, id: &str) -> Result<Option<Located>, StoreError> {
+    let lock = match conn.dialect() {
+        super::Dialect::Sqlite => "",
+        super::Dialect::Postgres => " FOR UPDATE",
+    };
     let row: Option<(String, String, String, String, String)> = conn.query_opt_map(
-        "SELECT id, key_id, kms_id, region, record FROM aws_keys \
-             WHERE id = ?1 OR key_id = ?1 OR arn = ?1 ORDER BY created_at DESC LIMIT 1",
+        &format!(
+            "SELECT id, key_id, kms_id, region, record FROM aws_keys \
+             WHERE id = ?1 OR key_id = ?1 OR arn = ?1 ORDER BY created_at DESC LIMIT 1{lock}"
+        ),
         [id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
@@ -163,6 +171,40 @@ pub fn due(conn: &Db, path: &[&str], now: i64) -> Result<Vec<String>, StoreError
         .query_map(params![now], |r| r.get::<String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ids)
+}
+
+/// Claims the due work of record `id`: if its number at `path` is at most `now`, it is set
+/// to `hold_until` (so no other bridge takes the same work meanwhile, and a bridge that dies
+/// doing it leaves it due again then) and `true` is answered.
+pub fn claim_due(
+    conn: &mut Db,
+    id: &str,
+    path: &[&str],
+    now: i64,
+    hold_until: i64,
+) -> Result<bool, StoreError> {
+    let tx = conn.transaction()?;
+    let Some(loc) = locate(&tx, id)? else {
+        return Ok(false);
+    };
+    let mut record = loc.record;
+    let mut at = &mut record;
+    for p in &path[..path.len().saturating_sub(1)] {
+        at = &mut at[*p];
+    }
+    let Some(last) = path.last() else {
+        return Ok(false);
+    };
+    if at[*last].as_i64().is_none_or(|due| due > now) {
+        return Ok(false);
+    }
+    at[*last] = serde_json::json!(hold_until);
+    let changed = tx.exec(
+        "UPDATE aws_keys SET record = ?2, updated_at = ?3 WHERE id = ?1",
+        params![loc.id, record.to_string(), super::now_rfc3339()],
+    )?;
+    tx.commit()?;
+    Ok(changed == 1)
 }
 
 #[derive(Default)]

@@ -425,7 +425,13 @@ impl Tx<'_> {
     pub fn commit(mut self) -> Result<(), StoreError> {
         self.done = true;
         self.db.in_tx = false;
-        self.db.batch("COMMIT")
+        let out = self.db.batch("COMMIT");
+        // SQLite may keep a transaction open after a failed COMMIT (disk full): end it, or
+        // every later BEGIN on the one connection fails.
+        if out.is_err() {
+            let _ = self.db.batch("ROLLBACK");
+        }
+        out
     }
 }
 

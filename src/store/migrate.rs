@@ -471,10 +471,10 @@ fn sqlite(db: &mut Db) -> Result<(), StoreError> {
 }
 
 fn postgres(db: &mut Db) -> Result<(), StoreError> {
-    db.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
     let tx = db.transaction()?;
     // One migrating node at a time; the others wait here and then find nothing to do.
     tx.batch("SELECT pg_advisory_xact_lock(7205759403792793)")?;
+    tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
     let mut at = version(&tx)?;
     if at > CURRENT {
         return Err(newer(at));

@@ -60,8 +60,15 @@ impl StoreError {
                     | C::DatabaseLocked
             ),
             StoreError::Postgres(e) => match e.code() {
-                // No answer at all: the connection broke or never came up.
-                None => true,
+                // No answer at all: the connection broke or never came up (a conversion
+                // error has no code either, but is a defect, not an outage).
+                None => {
+                    e.is_closed()
+                        || std::error::Error::source(e)
+                            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+                        || e.to_string().starts_with("error connecting")
+                        || e.to_string().contains("timed out")
+                }
                 // Connection exceptions, insufficient resources, operator intervention
                 // (shutdown), serialization failures and deadlocks: all pass.
                 Some(c) => {

@@ -81,10 +81,20 @@ pub fn redeem(
             Redeemed::Reused { username }
         }
         Some((username, family, expires_at, None)) => {
-            tx.exec(
-                "UPDATE refresh_tokens SET retired_at = ?1 WHERE digest = ?2",
+            // Retired only if nobody retired it meanwhile (two redeems of one token on
+            // PostgreSQL both read it unretired): the loser is a reuse.
+            let retired = tx.exec(
+                "UPDATE refresh_tokens SET retired_at = ?1 WHERE digest = ?2 AND retired_at IS NULL",
                 params![now_rfc3339(), digest(token)],
             )?;
+            if retired == 0 {
+                tx.exec(
+                    "DELETE FROM refresh_tokens WHERE family = ?1",
+                    params![family],
+                )?;
+                tx.commit()?;
+                return Ok(Redeemed::Reused { username });
+            }
             tx.exec(
                 "INSERT INTO refresh_tokens (id, digest, username, expires_at, created_at, family) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -157,6 +157,12 @@ fn aws_key_records_are_found_filtered_and_made_due() {
         let path = &["rotation_schedule", "next_unix"];
         assert_eq!(aws_keys::due(c, path, 75).expect("due"), vec!["r2"]);
         assert_eq!(aws_keys::due(c, path, 100).expect("due"), vec!["r2", "r1"]);
+        // Due work is taken by one bridge: held until 700, then due again.
+        assert!(aws_keys::claim_due(c, "r2", path, 75, 700).expect("claim"));
+        assert!(!aws_keys::claim_due(c, "r2", path, 75, 700).expect("taken"));
+        assert!(!aws_keys::claim_due(c, "r1", path, 75, 700).expect("not due"));
+        assert_eq!(aws_keys::due(c, path, 100).expect("due"), vec!["r1"]);
+        assert_eq!(aws_keys::due(c, path, 700).expect("due"), vec!["r1", "r2"]);
 
         let mut r1 = rec("r1", "alias/r1", 100);
         r1["synced_at"] = json!("2026-02-01T00:00:00Z");
@@ -313,7 +319,7 @@ fn sync_jobs_run_end_and_are_abandoned_by_their_node_only() {
         )
         .expect("heartbeat");
         assert_eq!(
-            sync_jobs::abandon_unfinished(c, Some("n3"), 90).expect("abandon"),
+            sync_jobs::abandon_unfinished(c, "n3", true, 90).expect("abandon"),
             1
         );
         assert_eq!(

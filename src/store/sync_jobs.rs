@@ -93,7 +93,7 @@ pub struct Progress {
 pub fn progress(conn: &Db, id: &str, p: &Progress, state: &str) -> Result<(), StoreError> {
     conn.exec(
         "UPDATE sync_jobs SET total = ?2, done = ?3, changed = ?4, gone = ?5, failed = ?6, \
-         status = ?7, updated_at = ?8 WHERE id = ?1",
+         status = ?7, updated_at = ?8 WHERE id = ?1 AND status IN ('queued', 'in_progress')",
         params![
             id,
             p.total,
@@ -154,14 +154,29 @@ pub fn cancel(conn: &Db, id: &str) -> Result<bool, StoreError> {
     )? == 1)
 }
 
-/// Jobs left running by a bridge that stopped are ended as errors: those of `me` (a
-/// previous process of this node, at start) and those of nodes not heard from since `since`.
-pub fn abandon_unfinished(conn: &Db, me: Option<&str>, since: i64) -> Result<usize, StoreError> {
+/// Jobs left running by a bridge that stopped are ended as errors: those of `me` when `mine`
+/// (a previous process of this node, at start) and those of other nodes not heard from
+/// since `since` (never this node's own: its heartbeat may only be late).
+pub fn abandon_unfinished(
+    conn: &Db,
+    me: &str,
+    mine: bool,
+    since: i64,
+) -> Result<usize, StoreError> {
     let now = now_rfc3339();
     conn.exec(
         "UPDATE sync_jobs SET status = ?1, error = 'the bridge stopped while the job ran', \
          updated_at = ?2, finished_at = ?2 WHERE status IN (?3, ?4) AND (node_id IS NULL \
-         OR node_id = ?5 OR node_id NOT IN (SELECT node_id FROM cluster_nodes WHERE seen_unix >= ?6))",
-        params![status::ERROR, now, status::QUEUED, status::IN_PROGRESS, me, since],
+         OR (node_id = ?5 AND ?7 = 1) OR (node_id <> ?5 \
+         AND node_id NOT IN (SELECT node_id FROM cluster_nodes WHERE seen_unix >= ?6)))",
+        params![
+            status::ERROR,
+            now,
+            status::QUEUED,
+            status::IN_PROGRESS,
+            me,
+            since,
+            mine
+        ],
     )
 }

@@ -257,7 +257,7 @@ pub fn claim(
         &format!(
             "SELECT seq FROM upload_job_items i WHERE job_id = ?1 AND state = ?2 AND not_before <= ?3 \
              AND NOT EXISTS (SELECT 1 FROM upload_attempts a WHERE a.id = i.attempt_id \
-             AND a.state IN ('creating', 'in_progress', 'cleanup_pending', 'cleaning')) \
+             AND a.state IN ('creating', 'in_progress', 'cleanup_pending', 'cleaning', 'completed')) \
              ORDER BY seq LIMIT 1{lock}"
         ),
         params![job, item_state::PENDING, now_unix],
@@ -322,16 +322,17 @@ pub fn finish_item(
     seq: u64,
     attempt: &str,
     outcome: &Outcome,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let now = now_rfc3339();
-    match outcome {
+    let changed = match outcome {
         Outcome::Completed {
             record_id,
             key_id,
             arn,
         } => conn.exec(
 "UPDATE upload_job_items SET state = ?4, record_id = ?5, key_id = ?6, arn = ?7, \
-             error = NULL, finished_at = ?8 WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3",
+             error = NULL, finished_at = ?8 WHERE job_id = ?1 AND seq = ?2 AND attempt_id = ?3 \
+             AND state <> ?4",
             params![
                 job,
                 seq,
@@ -369,7 +370,7 @@ pub fn finish_item(
         "UPDATE upload_jobs SET updated_at = ?2 WHERE id = ?1",
         params![job, now],
     )?;
-    Ok(())
+    Ok(changed > 0)
 }
 
 /// Ends the job once no item is pending or running. Answers whether it ended now.
@@ -416,17 +417,24 @@ pub fn cancel(conn: &mut Db, id: &str) -> Result<bool, StoreError> {
     Ok(changed)
 }
 
-/// Items a stopped bridge left running: those of `me` (this node's previous process, at
-/// start) and those of nodes not heard from since `since`. Each is found completed (its
-/// attempt completed) or set pending again, to run under a new attempt.
-pub fn running(conn: &Db, me: Option<&str>, since: i64) -> Result<Vec<Item>, StoreError> {
+/// Items a stopped bridge left running: those of `me` when `mine` (this node's previous
+/// process, at start) and those of other nodes not heard from since `since` (never this
+/// node's own live ones: its heartbeat may only be late); and items set pending again whose
+/// last attempt completed after all (its bridge was slow, not dead). Each is found completed
+/// (its attempt completed) or set pending again, to run under a new attempt.
+pub fn running(conn: &Db, me: &str, mine: bool, since: i64) -> Result<Vec<Item>, StoreError> {
     let stmt = conn.prepare_sql(&format!(
-        "SELECT {ITEM_COLUMNS} FROM upload_job_items WHERE state = ?1 AND (node_id IS NULL \
-         OR node_id = ?2 OR node_id NOT IN (SELECT node_id FROM cluster_nodes WHERE seen_unix >= ?3)) \
-         ORDER BY job_id, seq"
+        "SELECT {ITEM_COLUMNS} FROM upload_job_items i WHERE (state = ?1 AND (node_id IS NULL \
+         OR (node_id = ?2 AND ?4 = 1) OR (node_id <> ?2 \
+         AND node_id NOT IN (SELECT node_id FROM cluster_nodes WHERE seen_unix >= ?3)))) \
+         OR (state = ?5 AND EXISTS (SELECT 1 FROM upload_attempts a WHERE a.id = i.attempt_id \
+         AND a.state = 'completed')) ORDER BY job_id, seq"
     ))?;
     let rows = stmt
-        .query_map(params![item_state::RUNNING, me, since], item_row)?
+        .query_map(
+            params![item_state::RUNNING, me, since, mine, item_state::PENDING],
+            item_row,
+        )?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -633,10 +641,10 @@ mod tests {
         each_backend(|c| {
             job(c, "j", &["a"]).expect("job");
             let it = claim(c, "j", 0, "n").expect("claim").expect("item");
-            let left = running(c, Some("n"), 0).expect("running");
+            let left = running(c, "n", true, 0).expect("running");
             assert_eq!(left.len(), 1);
             requeue(c, "j", it.seq, it.upload_id.as_deref().expect("a")).expect("requeue");
-            assert!(running(c, Some("n"), 0).expect("running").is_empty());
+            assert!(running(c, "n", true, 0).expect("running").is_empty());
             let again = claim(c, "j", 0, "n")
                 .expect("claim")
                 .expect("pending again");
