@@ -89,11 +89,7 @@ case "${1:-}" in
         pid="$(launch "$2" "$3")"
         trap 'stop_pid "$pid"' EXIT
         if wait_ready "$2"; then echo "ready"; else cat "$3/emulator.log" >&2; exit 1; fi
-        # Stop when whoever started us goes away: it closes our stdin, or it is gone.
-        cat <&0 >/dev/null &
-        reader=$!
-        while kill -0 "$parent" 2>/dev/null && kill -0 "$reader" 2>/dev/null; do sleep 1; done
-        kill "$reader" 2>/dev/null || true
+        until_parent_goes "$parent"
         ;;
     stop)
         [ $# -eq 2 ] || die "usage: $0 stop DIR"

@@ -23,3 +23,13 @@ new_venv() {
     rm -rf "$1"
     "$py" -m venv "$1"
 }
+
+# For `run` modes: returns when whoever started us goes away (it closes our stdin, or the
+# process `$1` is gone).
+until_parent_goes() {
+    local parent="$1" reader
+    cat <&0 >/dev/null &
+    reader=$!
+    while kill -0 "$parent" 2>/dev/null && kill -0 "$reader" 2>/dev/null; do sleep 1; done
+    kill "$reader" 2>/dev/null || true
+}

@@ -76,11 +76,7 @@ case "${1:-}" in
         trap 'stop_dir "$run_dir"' EXIT
         launch "$2" "$3"
         echo "ready"
-        # Stop when whoever started us goes away: it closes our stdin, or it is gone.
-        cat <&0 >/dev/null &
-        reader=$!
-        while kill -0 "$parent" 2>/dev/null && kill -0 "$reader" 2>/dev/null; do sleep 1; done
-        kill "$reader" 2>/dev/null || true
+        until_parent_goes "$parent"
         ;;
     stop)
         [ $# -eq 2 ] || die "usage: $0 stop DIR"

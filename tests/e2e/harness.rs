@@ -798,9 +798,9 @@ request_quotas = {quotas}
             .expect("log file")
     }
 
-    pub async fn launch(&mut self) {
-        let addr_file = self.dir.path().join("address");
-        let _ = std::fs::remove_file(&addr_file);
+    /// `hsm-bridge serve` with this daemon's configuration and nothing of the test's
+    /// environment but PATH.
+    fn serve_command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg("--config")
@@ -811,6 +811,13 @@ request_quotas = {quotas}
             .env("SOFTHSM2_CONF", &world().softhsm_conf)
             .env("KRYOPTIC_CONF", &world().kryoptic_conf)
             .env("AWS_EC2_METADATA_DISABLED", "true");
+        cmd
+    }
+
+    pub async fn launch(&mut self) {
+        let addr_file = self.dir.path().join("address");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut cmd = self.serve_command();
         if self.env_credentials {
             cmd.env("AWS_ACCESS_KEY_ID", &self.account)
                 .env("AWS_SECRET_ACCESS_KEY", "test");
@@ -851,18 +858,8 @@ request_quotas = {quotas}
 
     /// Starts the daemon and expects it to refuse to start: its exit code and stderr.
     pub async fn launch_refused(&mut self) -> (i32, String) {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&self.config)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("SOFTHSM2_CONF", &world().softhsm_conf)
-            .env("KRYOPTIC_CONF", &world().kryoptic_conf)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
+        let mut cmd = self.serve_command();
+        cmd.env("NO_COLOR", "1").stdin(Stdio::null());
         let out = tokio::time::timeout(Duration::from_secs(60), async {
             tokio::task::spawn_blocking(move || cmd.output())
                 .await
