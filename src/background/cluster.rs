@@ -57,6 +57,38 @@ impl Membership {
         }
     }
 
+    /// Joins the cluster: refuses (with the reason) when another live bridge already goes by
+    /// this node's name — it would take that bridge's work for its own. A name heard from
+    /// lately may be this node's previous process, dead: it is watched for two heartbeats,
+    /// and taken over if it stays silent.
+    pub async fn join(&self, store: &Store) -> Result<(), String> {
+        let seen = |store: &Store| {
+            let id = self.node_id.clone();
+            let store = store.clone();
+            async move {
+                store
+                    .call(move |c| cluster::node(c, &id))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Some(before) = seen(store).await?
+            && before.seen_unix >= self.alive_since()
+        {
+            tracing::info!(node = %self.node_id, "this node's name was heard from lately; waiting to see whether it is alive");
+            tokio::time::sleep(self.heartbeat * 2 + Duration::from_secs(1)).await;
+            if let Some(after) = seen(store).await?
+                && after.seen_unix > before.seen_unix
+            {
+                return Err(format!(
+                    "another bridge goes by the node name \"{}\" (on {}, started {}) and is alive: give each bridge sharing the store its own [cluster] node_name",
+                    self.node_id, after.host, after.started_at
+                ));
+            }
+        }
+        self.beat(store).await.map_err(|e| e.to_string())
+    }
+
     pub async fn beat(&self, store: &Store) -> Result<(), crate::store::StoreError> {
         let node = self.node();
         store.call(move |c| cluster::heartbeat(c, &node)).await

@@ -152,10 +152,18 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let tokens = Arc::new(tokens);
     // A member of the cluster from here on: its store and its KEK are the cluster's.
     let membership = crate::background::cluster::Membership::from_config(&cfg.cluster);
-    membership
-        .beat(&store)
-        .await
-        .map_err(|e| ServeError::Setup(format!("{}: {e}", cfg.store.describe())))?;
+    // One process per node name: on a shared store a second live one is refused.
+    if store.dialect() == crate::store::Dialect::Postgres {
+        membership
+            .join(&store)
+            .await
+            .map_err(|e| ServeError::Setup(format!("{}: {e}", cfg.store.describe())))?;
+    } else {
+        membership
+            .beat(&store)
+            .await
+            .map_err(|e| ServeError::Setup(format!("{}: {e}", cfg.store.describe())))?;
+    }
     tracing::info!(node = %membership.node_id, backend = cfg.store.backend_name(), "store open");
     tokio::spawn(membership.clone().beat_forever(store.clone()));
     let cms = cfg

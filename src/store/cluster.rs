@@ -50,6 +50,23 @@ pub fn members(conn: &Db, since: i64) -> Result<Vec<Node>, StoreError> {
     )
 }
 
+/// The node named `node_id`, as last heard from.
+pub fn node(conn: &Db, node_id: &str) -> Result<Option<Node>, StoreError> {
+    conn.query_opt_map(
+        "SELECT node_id, host, version, started_at, seen_unix FROM cluster_nodes WHERE node_id = ?1",
+        params![node_id],
+        |r| {
+            Ok(Node {
+                node_id: r.get(0)?,
+                host: r.get(1)?,
+                version: r.get(2)?,
+                started_at: r.get(3)?,
+                seen_unix: r.get(4)?,
+            })
+        },
+    )
+}
+
 /// Whether `node` (an owner recorded on a row) should be left to finish its own work: it is
 /// another node, and it was heard from since `since`.
 pub fn is_other_alive(

@@ -86,7 +86,7 @@ async fn pair(tokens: &[Tokens], opts: Opts) -> (Bridge, Bridge, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vault_key_made_through_one_bridge_is_uploaded_through_the_other() {
-    let tokens = tokens_with_one_kek(2);
+    let tokens = tokens_with_one_kek(3);
     let (a, b, store) = pair(
         &tokens,
         Opts {
@@ -125,7 +125,7 @@ async fn a_vault_key_made_through_one_bridge_is_uploaded_through_the_other() {
     let mut c = Bridge::prepare(
         &other,
         Opts {
-            store_toml: Some(store),
+            store_toml: Some(store.clone()),
             extra_toml: cluster_toml("c"),
             same_kms_as: Some(a.kms_identity()),
             with_source: false,
@@ -136,6 +136,23 @@ async fn a_vault_key_made_through_one_bridge_is_uploaded_through_the_other() {
     assert_ne!(code, 0, "{err}");
     assert!(
         err.contains("is not the one the store's vault keys are wrapped under"),
+        "a clear line: {err}"
+    );
+    // A bridge with the right KEK but the name of a live one is refused too.
+    let mut twin = Bridge::prepare(
+        &tokens[2],
+        Opts {
+            store_toml: Some(store.clone()),
+            extra_toml: cluster_toml("a"),
+            same_kms_as: Some(a.kms_identity()),
+            with_source: false,
+            ..Opts::default()
+        },
+    );
+    let (code, err) = twin.launch_refused().await;
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("another bridge goes by the node name \"a\""),
         "a clear line: {err}"
     );
     // One audit chain for both bridges (each seals it, at start and at stop), intact as
