@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{Db, StoreError, params};
+use super::{Db, Row, StoreError, params};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Node {
@@ -32,59 +32,48 @@ pub fn heartbeat(conn: &Db, node: &Node) -> Result<(), StoreError> {
     Ok(())
 }
 
+const NODE_COLUMNS: &str = "node_id, host, version, started_at, seen_unix";
+
+fn node_row(r: &Row) -> Result<Node, StoreError> {
+    Ok(Node {
+        node_id: r.get(0)?,
+        host: r.get(1)?,
+        version: r.get(2)?,
+        started_at: r.get(3)?,
+        seen_unix: r.get(4)?,
+    })
+}
+
 /// The nodes heard from since `since`, by name.
 pub fn members(conn: &Db, since: i64) -> Result<Vec<Node>, StoreError> {
     conn.query_map(
-        "SELECT node_id, host, version, started_at, seen_unix FROM cluster_nodes \
-         WHERE seen_unix >= ?1 ORDER BY node_id",
+        &format!("SELECT {NODE_COLUMNS} FROM cluster_nodes WHERE seen_unix >= ?1 ORDER BY node_id"),
         params![since],
-        |r| {
-            Ok(Node {
-                node_id: r.get(0)?,
-                host: r.get(1)?,
-                version: r.get(2)?,
-                started_at: r.get(3)?,
-                seen_unix: r.get(4)?,
-            })
-        },
+        node_row,
     )
 }
 
 /// The node named `node_id`, as last heard from.
 pub fn node(conn: &Db, node_id: &str) -> Result<Option<Node>, StoreError> {
     conn.query_opt_map(
-        "SELECT node_id, host, version, started_at, seen_unix FROM cluster_nodes WHERE node_id = ?1",
+        &format!("SELECT {NODE_COLUMNS} FROM cluster_nodes WHERE node_id = ?1"),
         params![node_id],
-        |r| {
-            Ok(Node {
-                node_id: r.get(0)?,
-                host: r.get(1)?,
-                version: r.get(2)?,
-                started_at: r.get(3)?,
-                seen_unix: r.get(4)?,
-            })
-        },
+        node_row,
     )
 }
 
-/// Whether `node` (an owner recorded on a row) should be left to finish its own work: it is
+/// Whether `owner` (recorded on a row) should be left to finish its own work: it is
 /// another node, and it was heard from since `since`.
 pub fn is_other_alive(
     conn: &Db,
     me: &str,
-    node: Option<&str>,
+    owner: Option<&str>,
     since: i64,
 ) -> Result<bool, StoreError> {
-    let Some(node) = node.filter(|n| *n != me) else {
+    let Some(other) = owner.filter(|n| *n != me) else {
         return Ok(false);
     };
-    Ok(conn
-        .query_opt_map(
-            "SELECT seen_unix FROM cluster_nodes WHERE node_id = ?1",
-            params![node],
-            |r| r.get::<i64>(0),
-        )?
-        .is_some_and(|seen| seen >= since))
+    Ok(node(conn, other)?.is_some_and(|n| n.seen_unix >= since))
 }
 
 /// Takes or renews the lease `name` for `node` until `until`; `false` if another node holds
