@@ -16,12 +16,27 @@ import requests
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 CLK = os.sysconf("SC_CLK_TCK")
+IDLE_S = 10
 
 
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def ctx_switches(pid):
+    """Context switches of all the daemon's threads (voluntary and not)."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        n += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return n
 
 
 def rss_mb(pid):
@@ -104,6 +119,7 @@ def level(cfg, concurrency, kms):
     time.sleep(cfg["warmup"])
     calls0 = kms_calls(url, token)
     cpu0, emu0 = cpu_seconds(cfg["pid"]), cpu_seconds(cfg["emulator_pid"])
+    sw0 = ctx_switches(cfg["pid"])
     measuring.set()
     t0 = time.perf_counter()
     peak = 0.0
@@ -113,6 +129,7 @@ def level(cfg, concurrency, kms):
     measuring.clear()
     elapsed = time.perf_counter() - t0
     cpu1, emu1 = cpu_seconds(cfg["pid"]), cpu_seconds(cfg["emulator_pid"])
+    sw1 = ctx_switches(cfg["pid"])
     calls1 = kms_calls(url, token)
     stop.set()
     for t in threads:
@@ -131,6 +148,7 @@ def level(cfg, concurrency, kms):
         "p99_ms": percentile(lat, 99) * 1000,
         "daemon_cpu_ms_per_upload": (cpu1 - cpu0) * 1000 / n,
         "daemon_rss_mb": peak,
+        "daemon_context_switches_per_upload": (sw1 - sw0) / n,
         "emulator_cpu_ms_per_upload": (emu1 - emu0) * 1000 / n,
         "kms_calls_per_upload": {op: round((calls1.get(op, 0) - calls0.get(op, 0)) / n, 2)
                                  for op in sorted(calls1)
@@ -143,17 +161,25 @@ def main():
     cfg = json.load(open(sys.argv[1]))
     cfg["keys"] = [(k["label"], base64.b64decode(k["material"])) for k in cfg["keys"]]
     kms = boto3.client("kms", endpoint_url=cfg["kms_endpoint"], region_name=cfg["region"])
-    results = {"cold_start_s": cfg["cold_start_s"], "idle_rss_mb": rss_mb(cfg["pid"]), "levels": []}
+    # Idle cost: what the daemon spends with nothing to do (heartbeats, timers), which every
+    # level's CPU per upload also carries.
+    idle0, t0 = cpu_seconds(cfg["pid"]), time.perf_counter()
+    time.sleep(IDLE_S)
+    idle_ms_per_s = (cpu_seconds(cfg["pid"]) - idle0) * 1000 / (time.perf_counter() - t0)
+    results = {"cold_start_s": cfg["cold_start_s"], "idle_rss_mb": rss_mb(cfg["pid"]),
+               "idle_cpu_ms_per_s": idle_ms_per_s, "levels": []}
     for c in cfg["levels"]:
         r = level(cfg, c, kms)
         results["levels"].append(r)
         print(f"concurrency {c:>3}: {r['uploads_per_s']:7.1f} uploads/s  "
               f"p50 {r['p50_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-              f"daemon {r['daemon_cpu_ms_per_upload']:5.2f} ms CPU/upload, RSS {r['daemon_rss_mb']:5.1f} MB  "
+              f"daemon {r['daemon_cpu_ms_per_upload']:5.2f} ms CPU/upload, "
+              f"{r['daemon_context_switches_per_upload']:5.1f} switches/upload, RSS {r['daemon_rss_mb']:5.1f} MB  "
               f"emulator {r['emulator_cpu_ms_per_upload']:6.2f} ms CPU/upload  failed {r['failed']}",
               flush=True)
         print(f"                 KMS calls per upload: {r['kms_calls_per_upload']}", flush=True)
-    print(f"cold start to ready: {results['cold_start_s']:.2f} s; idle RSS {results['idle_rss_mb']:.1f} MB")
+    print(f"cold start to ready: {results['cold_start_s']:.2f} s; idle RSS {results['idle_rss_mb']:.1f} MB, "
+          f"idle CPU {results['idle_cpu_ms_per_s']:.2f} ms/s")
     with open(cfg["json_out"], "w") as f:
         json.dump(results, f, indent=2)
     print(f"JSON: {cfg['json_out']}")

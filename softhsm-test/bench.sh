@@ -8,6 +8,7 @@
 #
 #   ./softhsm-test/bench.sh                      # levels 1 8 32 64, 20 s each, 64 keys
 #   LEVELS="1 8" DURATION=10 KEYS=16 ./softhsm-test/bench.sh
+#   HSM_BRIDGE_BIN=target/profiling/hsm-bridge ./softhsm-test/bench.sh   # a build of your own
 #
 # The emulator enforces no AWS quotas, so the daemon's request quotas are raised here: the
 # benchmark measures the bridge, not AWS's pacing.
@@ -19,9 +20,14 @@ WARMUP="${WARMUP:-3}"
 KEYS="${KEYS:-64}"
 
 "$ROOT/softhsm-test/install-deps.sh"
-say "building hsm-bridge (release)"
-(cd "$ROOT" && cargo build --release --locked --quiet)
-BIN="$ROOT/target/release/hsm-bridge"
+if [ -n "${HSM_BRIDGE_BIN:-}" ]; then
+    BIN="$HSM_BRIDGE_BIN"
+    say "benchmarking $BIN"
+else
+    say "building hsm-bridge (release)"
+    (cd "$ROOT" && cargo build --release --locked --quiet)
+    BIN="$ROOT/target/release/hsm-bridge"
+fi
 
 B="$WORK/bench"
 rm -rf "$B"

@@ -269,7 +269,7 @@ impl Worker {
                 let (tier, spec) = body.metric_labels();
                 let r = self
                     .uploader
-                    .upload_as(body, &request_id, &actor, Some(attempt.clone()))
+                    .upload_as(body, &request_id, &actor, attempt.clone())
                     .await;
                 crate::metrics::get().upload_done(tier, spec, r.is_ok(), started.elapsed());
                 r

@@ -105,10 +105,15 @@ pub trait Stages: Sync {
 pub struct AttemptStages<'a> {
     pub store: &'a Store,
     pub attempt: &'a str,
+    /// The stage the attempt's last write recorded already (with the key CreateKey made).
+    pub recorded: &'static str,
 }
 
 impl Stages for AttemptStages<'_> {
     async fn enter(&self, stage: &'static str) -> Result<(), DomainError> {
+        if stage == self.recorded {
+            return Ok(());
+        }
         let id = self.attempt.to_owned();
         // Not durable on its own: the attempt's durable records are its start (before
         // CreateKey), the key it made, and its end.
@@ -128,6 +133,9 @@ impl Stages for Untracked {
     }
 }
 
+/// The first stage of [`wrap_and_import`].
+pub const FIRST_STAGE: &str = "GetParametersForImport";
+
 /// GetParametersForImport, wrap in the token, ImportKeyMaterial; the fingerprint of the key that
 /// was wrapped (none if the token cannot compute it). When `expected` is given, that
 /// fingerprint is taken before the wrap and must match: a key swapped in the source between
@@ -146,10 +154,7 @@ pub async fn wrap_and_import(
 ) -> Result<Option<Fingerprint>, (&'static str, DomainError)> {
     let wks = wrapping_key_spec;
     let at = |stage: &'static str| move |e: DomainError| (stage, e);
-    stages
-        .enter("GetParametersForImport")
-        .await
-        .map_err(at("GetParametersForImport"))?;
+    stages.enter(FIRST_STAGE).await.map_err(at(FIRST_STAGE))?;
     let params = kms::get_parameters_for_import(client, key_id, wrap.algorithm(), wks)
         .await
         .map_err(|e| ("GetParametersForImport", e.into()))?;

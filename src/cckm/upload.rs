@@ -20,6 +20,7 @@ use super::spec::{KeySpec, KeyUsage};
 use crate::error::DomainError;
 use crate::kms::{self, CreateKeyInput, KmsConn, KmsError, KmsErrorKind, SharedKms};
 use crate::store::attempts::{self, NewAttempt, state};
+use crate::store::audit::Event;
 use crate::store::{Store, now_rfc3339};
 use crate::tiers::{ResolvedSource, Tiers};
 
@@ -92,6 +93,8 @@ struct Ctx<'a> {
     /// What CreateKey was sent, which the record shows without reading it back.
     policy: &'a str,
     tags: &'a [(String, String)],
+    /// The request's audit entry, committed with the record.
+    entry: Option<Event>,
 }
 
 impl Uploader {
@@ -101,7 +104,19 @@ impl Uploader {
         request_id: &str,
         actor: &str,
     ) -> Result<Value, DomainError> {
-        self.upload_as(body, request_id, actor, None).await
+        self.run(body, request_id, actor, None, None).await
+    }
+
+    /// The same, with the audit entry of the request committed in the transaction that
+    /// completes the upload (not written if the upload fails).
+    pub async fn upload_recorded(
+        &self,
+        body: UploadKeyBody,
+        request_id: &str,
+        actor: &str,
+        entry: Event,
+    ) -> Result<Value, DomainError> {
+        self.run(body, request_id, actor, None, Some(entry)).await
     }
 
     /// The same, under an attempt id chosen (and recorded) by the caller beforehand, as an
@@ -112,7 +127,18 @@ impl Uploader {
         body: UploadKeyBody,
         request_id: &str,
         actor: &str,
+        attempt: String,
+    ) -> Result<Value, DomainError> {
+        self.run(body, request_id, actor, Some(attempt), None).await
+    }
+
+    async fn run(
+        &self,
+        body: UploadKeyBody,
+        request_id: &str,
+        actor: &str,
         attempt: Option<String>,
+        entry: Option<Event>,
     ) -> Result<Value, DomainError> {
         let now = OffsetDateTime::now_utc();
         let mut req = body.validate(now).map_err(DomainError::Invalid)?;
@@ -189,7 +215,7 @@ impl Uploader {
             tags.push((TEMPLATE_TAG.to_owned(), t.clone()));
         }
         let created = kms::create_key(
-            &client,
+            &self.kms.create_client(&conn, &req.region).await,
             CreateKeyInput {
                 spec: req.spec,
                 usage: req.usage,
@@ -245,6 +271,7 @@ impl Uploader {
             arn: meta.arn().unwrap_or_default().to_owned(),
             policy: &policy_text,
             tags: &tags,
+            entry,
         };
         tracing::info!(attempt = %attempt, key_id = %ctx.key_id, "AWS key created");
         match self
@@ -370,7 +397,7 @@ impl Uploader {
         {
             let (id, k, a) = (ctx.attempt.clone(), ctx.key_id.clone(), ctx.arn.clone());
             self.store
-                .call(move |c| attempts::key_created(c, &id, &k, &a))
+                .call(move |c| attempts::key_created(c, &id, &k, &a, material::FIRST_STAGE))
                 .await
                 .map_err(|e| ("CreateKey", e.into()))?;
         }
@@ -387,6 +414,7 @@ impl Uploader {
         let stages = AttemptStages {
             store: &self.store,
             attempt: &ctx.attempt,
+            recorded: material::FIRST_STAGE,
         };
         // The record keeps the fingerprint of the key that was wrapped, taken in the same
         // session: what any later import must prove it carries again.
@@ -421,7 +449,7 @@ impl Uploader {
             .await
             .map_err(|e| ("DescribeKey", e.into()))?;
 
-        self.stage(&ctx.attempt, "Persist").await?;
+        // The last stage, Persist, is recorded by the transaction that completes the attempt.
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_rfc3339();
         let ident = token.ident();
@@ -478,10 +506,14 @@ impl Uploader {
             aws_calls: UPLOAD_CALLS.to_vec(),
             detail,
         };
+        let audit_entry = ctx.entry.clone();
         self.store
             .call(move |c| {
                 let tx = c.transaction()?;
                 crate::store::history::append(&tx, &entry)?;
+                if let Some(e) = &audit_entry {
+                    crate::store::audit::append_in(&tx, e)?;
+                }
                 crate::store::aws_keys::insert(
                     &tx,
                     &crate::store::aws_keys::AwsKeyRow {
@@ -550,7 +582,7 @@ impl Uploader {
             if let Err(e) = self
                 .store
                 .call(move |c| {
-                    attempts::key_created(c, &id, &k, &a)?;
+                    attempts::key_created(c, &id, &k, &a, stage)?;
                     attempts::finish(c, &id, state::CLEANUP_PENDING, Some(&msg))
                 })
                 .await

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -16,56 +16,87 @@ use super::error::{ApiError, current_request_id};
 use super::extract::ApiQuery;
 use super::roles::{Need, Reader};
 use super::{AppState, Paging, paging};
-use crate::store::audit;
+use crate::store::audit::{self, Event};
+
+/// What the middleware knows of the request being served.
+#[derive(Default)]
+struct Scope {
+    /// Who the request turned out to be from, once authentication (or a sign-in) said so.
+    actor: Option<String>,
+    /// `METHOD route`, as the entry names it.
+    action: String,
+    path: String,
+    /// The handler committed the request's entry itself, with what it did.
+    recorded: bool,
+}
 
 tokio::task_local! {
-    /// Who the request turned out to be from, once authentication (or a sign-in) said so.
-    static ACTOR: RefCell<Option<String>>;
+    static SCOPE: RefCell<Scope>;
 }
 
 /// Names the actor of the request being served.
 pub fn set_actor(name: &str) {
-    let _ = ACTOR.try_with(|a| *a.borrow_mut() = Some(name.to_owned()));
+    let _ = SCOPE.try_with(|s| s.borrow_mut().actor = Some(name.to_owned()));
+}
+
+/// The entry this request gets if it ends with `status`, for a handler that commits it in
+/// the same transaction as what it did (an upload's record): then a crash can never keep the
+/// one without the other, and the store is written once. The handler calls [`recorded`]
+/// once it is committed; otherwise the middleware appends the request's entry as usual.
+pub fn entry_for(status: StatusCode) -> Option<Event> {
+    SCOPE
+        .try_with(|s| {
+            let s = s.borrow();
+            entry(&s, status)
+        })
+        .ok()
+}
+
+/// The entry [`entry_for`] gave was committed.
+pub fn recorded() {
+    let _ = SCOPE.try_with(|s| s.borrow_mut().recorded = true);
+}
+
+fn entry(s: &Scope, status: StatusCode) -> Event {
+    let outcome = if status.is_server_error() {
+        "failed"
+    } else if status.is_client_error() {
+        "refused"
+    } else {
+        "success"
+    };
+    Event {
+        actor: s.actor.as_deref().unwrap_or("(anonymous)").to_owned(),
+        action: s.action.clone(),
+        outcome: outcome.to_owned(),
+        request_id: current_request_id(),
+        detail: json!({"path": s.path, "status": status.as_u16()}),
+    }
 }
 
 /// Runs the request and appends it to the audit log when it changed something or was refused.
 pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
-    let path = req.uri().path().to_owned();
-    let (actor, resp) = ACTOR
-        .scope(RefCell::new(None), async move {
+    let action = match req.extensions().get::<MatchedPath>() {
+        Some(r) => format!("{method} {}", r.as_str()),
+        None => format!("{method} (no route)"),
+    };
+    let scope = Scope {
+        actor: None,
+        action,
+        path: req.uri().path().to_owned(),
+        recorded: false,
+    };
+    let (scope, resp) = SCOPE
+        .scope(RefCell::new(scope), async move {
             let resp = next.run(req).await;
-            (ACTOR.with(|a| a.borrow().clone()), resp)
+            (SCOPE.with(RefCell::take), resp)
         })
         .await;
     let status = resp.status();
     let changes = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if changes || status.is_client_error() || status.is_server_error() {
-        let outcome = if status.is_server_error() {
-            "failed"
-        } else if status.is_client_error() {
-            "refused"
-        } else {
-            "success"
-        };
-        let action = match &route {
-            Some(r) => format!("{method} {r}"),
-            None => format!("{method} (no route)"),
-        };
-        state
-            .auditor
-            .event(
-                actor.as_deref().unwrap_or("(anonymous)"),
-                &action,
-                outcome,
-                &current_request_id(),
-                json!({"path": path, "status": status.as_u16()}),
-            )
-            .await;
+    if !scope.recorded && (changes || status.is_client_error() || status.is_server_error()) {
+        state.auditor.record(entry(&scope, status)).await;
     }
     resp
 }

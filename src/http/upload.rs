@@ -48,11 +48,18 @@ async fn run(
     let uploader = state.uploader.clone();
     let request_id = current_request_id();
     let actor = caller.user.clone();
+    let entry = super::audit::entry_for(StatusCode::CREATED);
     let record = tokio::spawn(
-        async move { uploader.upload(body, &request_id, &actor).await }
-            .instrument(tracing::Span::current()),
+        async move {
+            match entry {
+                Some(e) => uploader.upload_recorded(body, &request_id, &actor, e).await,
+                None => uploader.upload(body, &request_id, &actor).await,
+            }
+        }
+        .instrument(tracing::Span::current()),
     )
     .await
     .map_err(|e| ApiError::internal("the upload task failed").with_detail(e.to_string()))??;
+    super::audit::recorded();
     Ok((StatusCode::CREATED, axum::Json(record)))
 }

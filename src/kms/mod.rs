@@ -36,9 +36,15 @@ impl KmsConn {
     }
 }
 
+/// A client whose calls the SDK never retries, for CreateKey: a retry after a lost answer
+/// would make a second key. Built once per connection and region, beside the ordinary one
+/// (overriding the retry policy per call rebuilds the client's runtime on every call).
+#[derive(Clone)]
+pub struct CreateClient(Client);
+
 pub struct KmsRegistry {
     conns: Vec<KmsConn>,
-    clients: Mutex<HashMap<(String, String), Client>>,
+    clients: Mutex<HashMap<(String, String), (Client, CreateClient)>>,
     limiter: Arc<limiter::Limiter>,
 }
 
@@ -77,13 +83,33 @@ impl KmsRegistry {
     }
 
     pub async fn client(&self, conn: &KmsConn, region: &str) -> Client {
+        self.clients_for(conn, region).await.0
+    }
+
+    /// The client CreateKey is sent with.
+    pub async fn create_client(&self, conn: &KmsConn, region: &str) -> CreateClient {
+        self.clients_for(conn, region).await.1
+    }
+
+    async fn clients_for(&self, conn: &KmsConn, region: &str) -> (Client, CreateClient) {
         let key = (conn.cfg.id.clone(), region.to_owned());
         if let Some(c) = self.clients.lock().await.get(&key) {
             return c.clone();
         }
         // Built without the lock held: loading credentials may take a while.
         let c = build_client(&conn.cfg, region, &self.limiter).await;
-        self.clients.lock().await.entry(key).or_insert(c).clone()
+        let once = CreateClient(Client::from_conf(
+            c.config()
+                .to_builder()
+                .retry_config(RetryConfig::disabled())
+                .build(),
+        ));
+        self.clients
+            .lock()
+            .await
+            .entry(key)
+            .or_insert((c, once))
+            .clone()
     }
 }
 
@@ -96,7 +122,12 @@ async fn build_client(cfg: &KmsConfig, region: &str, limiter: &Arc<limiter::Limi
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
         .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts))
-        .timeout_config(timeouts);
+        .timeout_config(timeouts)
+        // The limited client bounds every exchange in time already (`operation_timeout_secs`);
+        // the SDK's own watch over each body's throughput would only repeat it, per call.
+        .stalled_stream_protection(
+            aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled(),
+        );
     if let Some(p) = &cfg.profile {
         loader = loader.profile_name(p);
     }
@@ -162,10 +193,11 @@ pub struct CreateKeyInput<'a> {
 }
 
 pub async fn create_key(
-    client: &Client,
+    client: &CreateClient,
     input: CreateKeyInput<'_>,
 ) -> Result<KeyMetadata, KmsError> {
     let mut req = client
+        .0
         .create_key()
         .key_spec(aws_spec(input.spec))
         .key_usage(aws_usage(input.usage))
@@ -182,13 +214,9 @@ pub async fn create_key(
             .map_err(|e| KmsError::internal("CreateKey", e.to_string()))?;
         req = req.tags(tag);
     }
-    // Never retried by the SDK: a retry after a lost answer would make a second key. The
-    // caller looks for the first one by its upload tag instead.
+    // Never retried by the SDK (`CreateClient`): the caller looks for the key a lost answer
+    // may hide by its upload tag instead.
     let out = req
-        .customize()
-        .config_override(
-            aws_sdk_kms::config::Builder::default().retry_config(RetryConfig::disabled()),
-        )
         .send()
         .await
         .map_err(|e| KmsError::from_sdk("CreateKey", e))?;

@@ -111,10 +111,18 @@ pub fn begin(conn: &Db, a: &NewAttempt) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub fn key_created(conn: &Db, id: &str, key_id: &str, arn: &str) -> Result<(), StoreError> {
+/// The key CreateKey made, and the stage the attempt goes on to (recorded in the same
+/// write).
+pub fn key_created(
+    conn: &Db,
+    id: &str,
+    key_id: &str,
+    arn: &str,
+    stage: &str,
+) -> Result<(), StoreError> {
     conn.exec(
-"UPDATE upload_attempts SET aws_key_id = ?2, aws_key_arn = ?3, state = ?4, updated_at = ?5 WHERE id = ?1",
-        params![id, key_id, arn, state::IN_PROGRESS, now_rfc3339()],
+"UPDATE upload_attempts SET aws_key_id = ?2, aws_key_arn = ?3, state = ?4, updated_at = ?5, stage = ?6 WHERE id = ?1",
+        params![id, key_id, arn, state::IN_PROGRESS, now_rfc3339(), stage],
     )?;
     Ok(())
 }
@@ -135,10 +143,11 @@ pub fn stage(conn: &Db, id: &str, stage: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Marks an in-progress upload completed; `false` if it is no longer in progress.
+/// Marks an in-progress upload completed (its last stage, persisting the record, done in the
+/// same transaction); `false` if it is no longer in progress.
 pub fn complete(conn: &Db, id: &str) -> Result<bool, StoreError> {
     Ok(conn.exec(
-        "UPDATE upload_attempts SET state = ?2, updated_at = ?3 WHERE id = ?1 AND state = ?4",
+        "UPDATE upload_attempts SET state = ?2, updated_at = ?3, stage = 'Persist' WHERE id = ?1 AND state = ?4",
         params![id, state::COMPLETED, now_rfc3339(), state::IN_PROGRESS],
     )? > 0)
 }

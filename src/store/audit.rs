@@ -58,6 +58,20 @@ pub fn entry_hash(prev: &[u8], seq: i64, fields: [&str; 6]) -> Vec<u8> {
 /// Appends an entry after the current head; its sequence number.
 pub fn append(conn: &mut Db, e: &Event) -> Result<i64, StoreError> {
     let tx = conn.transaction()?;
+    let seq = append_in(&tx, e)?;
+    tx.commit()?;
+    Ok(seq)
+}
+
+/// The same, within a transaction the caller commits: the entry is kept exactly when what it
+/// tells of is.
+pub fn append_in(tx: &Db, e: &Event) -> Result<i64, StoreError> {
+    if !tx.in_transaction() {
+        // Reading the head and appending after it must be one step.
+        return Err(StoreError::Worker(
+            "an audit entry is appended within a transaction".into(),
+        ));
+    }
     // One chain for every bridge on the store: appenders take turns (SQLite's write lock
     // does this by itself).
     if tx.dialect() == super::Dialect::Postgres {
@@ -93,7 +107,6 @@ pub fn append(conn: &mut Db, e: &Event) -> Result<i64, StoreError> {
             hash
         ],
     )?;
-    tx.commit()?;
     Ok(seq)
 }
 

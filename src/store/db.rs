@@ -373,6 +373,11 @@ impl Db {
         }
     }
 
+    /// Whether a transaction of this connection is open.
+    pub fn in_transaction(&self) -> bool {
+        self.in_tx
+    }
+
     /// A transaction on this connection: rolled back unless committed.
     pub fn transaction(&mut self) -> Result<Tx<'_>, StoreError> {
         if self.in_tx {

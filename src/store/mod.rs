@@ -330,28 +330,45 @@ impl Store {
     /// stages): committed without waiting for the disk (SQLite's `synchronous=NORMAL` in WAL
     /// mode survives a crash of the process, not of the host; PostgreSQL's
     /// `synchronous_commit=off` the same), and made durable by the next ordinary commit.
+    ///
+    /// On SQLite such a write only appends to the WAL in the page cache: when the connection
+    /// is free it runs right here, since handing it to a blocking thread and back costs more
+    /// than the write. It never checkpoints (that waits for the disk): the next ordinary
+    /// commit, on a blocking thread, does.
     pub async fn call_relaxed<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(&mut Db) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        self.call(move |c| {
-            let (relax, back) = match c.dialect() {
-                Dialect::Sqlite => ("PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"),
-                Dialect::Postgres => (
-                    "SET synchronous_commit TO off",
-                    "SET synchronous_commit TO on",
-                ),
-            };
-            c.batch(relax)?;
-            let out = f(c);
-            let back = c.batch(back);
-            let out = out?;
-            back?;
-            Ok(out)
-        })
-        .await
+        if let Backend::Sqlite(conn) = &*self.backend
+            && let Ok(mut db) = conn.try_lock()
+        {
+            return relaxed(&mut db, f);
+        }
+        self.call(move |c| relaxed(c, f)).await
     }
+}
+
+fn relaxed<T>(
+    c: &mut Db,
+    f: impl FnOnce(&mut Db) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let (relax, back) = match c.dialect() {
+        Dialect::Sqlite => (
+            "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0",
+            "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 1000",
+        ),
+        Dialect::Postgres => (
+            "SET synchronous_commit TO off",
+            "SET synchronous_commit TO on",
+        ),
+    };
+    c.batch(relax)?;
+    let out = f(c);
+    let back = c.batch(back);
+    let out = out?;
+    back?;
+    Ok(out)
 }
 
 pub fn now_rfc3339() -> String {

@@ -41,7 +41,8 @@ fn an_attempt_goes_through_its_states() {
             (state::CREATING, Some("alias/a"))
         );
         assert_eq!(a.node_id.as_deref(), Some("n1"));
-        attempts::key_created(c, "a1", "key-1", "arn:1").expect("created");
+        attempts::key_created(c, "a1", "key-1", "arn:1", "GetParametersForImport")
+            .expect("created");
         attempts::stage(c, "a1", "ImportKeyMaterial").expect("stage");
         attempts::mark_uncertain(c, "a1").expect("uncertain");
         assert!(attempts::complete(c, "a1").expect("complete"));

@@ -2,7 +2,10 @@
 //! found by CKA_LABEL or, failing that, by hex CKA_ID: a secret key for SYMMETRIC_DEFAULT and
 //! HMAC specs, a private key for RSA and ECC specs. It is wrapped where it lives.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cryptoki::object::{KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -14,13 +17,86 @@ use crate::pkcs11::keys::PrivateKind;
 use crate::pkcs11::ops::{self, KeyFacts};
 use crate::pkcs11::{Token, TokenError};
 
+/// How long a key found in a source token is remembered, so that uploads of one key (to
+/// several Regions, again and again by a job) search the token once. Every wrap checks the
+/// remembered handle again (class, label and CKA_ID) and searches afresh when that fails;
+/// a key whose check fails is forgotten.
+const REMEMBER: Duration = Duration::from_secs(30);
+/// Beyond this many remembered keys, the stale ones are dropped.
+const REMEMBER_MAX: usize = 4096;
+
+#[derive(Clone)]
+struct Remembered {
+    token: Arc<Token>,
+    hit: Hit,
+    found: Instant,
+    /// Cleared by a wrap that found the handle no longer names the key.
+    valid: Arc<AtomicBool>,
+}
+
+impl Remembered {
+    fn fresh(&self) -> bool {
+        self.valid.load(Ordering::Relaxed) && self.found.elapsed() < REMEMBER
+    }
+}
+
 pub struct HsmLunaTier {
     tokens: Vec<Arc<Token>>,
+    /// By (private key?, identifier).
+    remembered: Mutex<HashMap<(bool, String), Remembered>>,
 }
 
 impl HsmLunaTier {
     pub fn new(tokens: Vec<Arc<Token>>) -> Self {
-        Self { tokens }
+        Self {
+            tokens,
+            remembered: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn recall(&self, key: &(bool, String)) -> Option<Remembered> {
+        let map = self.remembered.lock().ok()?;
+        map.get(key).filter(|r| r.fresh()).cloned()
+    }
+
+    fn remember(&self, key: (bool, String), r: Remembered) {
+        if let Ok(mut map) = self.remembered.lock() {
+            if map.len() >= REMEMBER_MAX {
+                map.retain(|_, r| r.fresh());
+            }
+            map.insert(key, r);
+        }
+    }
+
+    /// Searches the source tokens for the one key `identifier` names.
+    async fn search(
+        &self,
+        class: ObjectClass,
+        identifier: &str,
+    ) -> Result<(Arc<Token>, Hit), DomainError> {
+        let mut found: Vec<(Arc<Token>, Hit)> = Vec::new();
+        for token in &self.tokens {
+            let ident = identifier.to_owned();
+            let hits = token
+                .run(move |s| find_in(s, class, &ident))
+                .await
+                .map_err(DomainError::token(&token.name))?;
+            found.extend(hits.into_iter().map(|h| (token.clone(), h)));
+        }
+        let what = if class == ObjectClass::PRIVATE_KEY {
+            "private key"
+        } else {
+            "secret key"
+        };
+        match found.len() {
+            0 => Err(DomainError::NotFound(format!(
+                "source_key_identifier: no {what} labelled (or with hex CKA_ID) `{identifier}` in the source tokens"
+            ))),
+            1 => Ok(found.remove(0)),
+            n => Err(DomainError::Conflict(format!(
+                "source_key_identifier: {n} keys match `{identifier}` in the source tokens; give their keys unique labels"
+            ))),
+        }
     }
 
     /// The labels of the secret and private keys in the source tokens that `matches` accepts,
@@ -106,6 +182,8 @@ struct ResidentKey {
     class: ObjectClass,
     label: String,
     id: Vec<u8>,
+    /// Whether the tier may go on remembering the handle.
+    valid: Arc<AtomicBool>,
 }
 
 impl ResidentKey {
@@ -141,6 +219,7 @@ impl Materialize for ResidentKey {
         if self.still_there(session) {
             return Ok(InToken::Resident(self.handle));
         }
+        self.valid.store(false, Ordering::Relaxed);
         match self.lookup.find(session)?.as_slice() {
             [h] => Ok(InToken::Resident(*h)),
             [] => Err(TokenError::Refused(
@@ -181,6 +260,7 @@ fn is_hmac_type(k: KeyType) -> bool {
 }
 
 /// A key found for the identifier: where, how to find it again, what it is.
+#[derive(Clone)]
 struct Hit {
     lookup: Lookup,
     handle: ObjectHandle,
@@ -283,31 +363,12 @@ impl Tier for HsmLunaTier {
         } else {
             ObjectClass::SECRET_KEY
         };
-        let mut found: Vec<(Arc<Token>, Hit)> = Vec::new();
-        for token in &self.tokens {
-            let ident = identifier.to_owned();
-            let hits = token
-                .run(move |s| find_in(s, class, &ident))
-                .await
-                .map_err(DomainError::token(&token.name))?;
-            found.extend(hits.into_iter().map(|h| (token.clone(), h)));
-        }
-        let what = if class == ObjectClass::PRIVATE_KEY {
-            "private key"
-        } else {
-            "secret key"
-        };
-        let (token, hit) = match found.len() {
-            0 => {
-                return Err(DomainError::NotFound(format!(
-                    "source_key_identifier: no {what} labelled (or with hex CKA_ID) `{identifier}` in the source tokens"
-                )));
-            }
-            1 => found.remove(0),
-            n => {
-                return Err(DomainError::Conflict(format!(
-                    "source_key_identifier: {n} keys match `{identifier}` in the source tokens; give their keys unique labels"
-                )));
+        let key = (class == ObjectClass::PRIVATE_KEY, identifier.to_owned());
+        let (token, hit, valid, searched) = match self.recall(&key) {
+            Some(r) => (r.token, r.hit, r.valid, false),
+            None => {
+                let (token, hit) = self.search(class, identifier).await?;
+                (token, hit, Arc::new(AtomicBool::new(true)), true)
             }
         };
         check_facts(&hit, spec, &token.name)?;
@@ -325,6 +386,19 @@ impl Tier for HsmLunaTier {
                 )));
             }
         }
+        // Only a key that passed the checks: one that failed is looked at afresh. A private key
+        // of a token that may export it short is checked again each time.
+        if searched && !(hit.private.is_some() && token.profile.quirks.keygen_short_ec_scalar) {
+            self.remember(
+                key,
+                Remembered {
+                    token: token.clone(),
+                    hit: hit.clone(),
+                    found: Instant::now(),
+                    valid: valid.clone(),
+                },
+            );
+        }
         let id_hex = hex::encode(&hit.facts.id);
         Ok(ResolvedSource {
             token,
@@ -341,6 +415,7 @@ impl Tier for HsmLunaTier {
                 class: hit.facts.class,
                 label: hit.facts.label,
                 id: hit.facts.id,
+                valid,
             }),
             public_spki: None,
         })
