@@ -245,6 +245,12 @@ impl HttpConnector for LimitedConnector {
             let deadline = c.limiter.deadline(&c.account);
             let started = Instant::now();
             let mut request = request;
+            // HTTP/1.1 keeps connections open by default; saying so keeps them open with
+            // servers that close unless asked (LocalStack's gateway): a new connection per call
+            // costs more than the call. Not signed, as hop-by-hop headers never are.
+            if !request.headers().contains_key("connection") {
+                request.headers_mut().insert("connection", "keep-alive");
+            }
             loop {
                 c.limiter.admit(&key).await;
                 let again = request.try_clone();

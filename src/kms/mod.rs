@@ -159,6 +159,10 @@ async fn build_client(cfg: &KmsConfig, region: &str, limiter: &Arc<limiter::Limi
     let inner = sdk.http_client().unwrap_or_else(|| {
         use aws_smithy_http_client::tls;
         aws_smithy_http_client::Builder::new()
+            // An idle connection is given up before a server would close it (AWS's idle
+            // timeout is longer; LocalStack's is 5 s): one never goes out on a connection
+            // the server has just closed, which CreateKey, never retried, could not survive.
+            .pool_idle_timeout(Duration::from_secs(4))
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::AwsLc,
             ))

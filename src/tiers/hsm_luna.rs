@@ -18,9 +18,11 @@ use crate::pkcs11::ops::{self, KeyFacts};
 use crate::pkcs11::{Token, TokenError};
 
 /// How long a key found in a source token is remembered, so that uploads of one key (to
-/// several Regions, again and again by a job) search the token once. Every wrap checks the
-/// remembered handle again (class, label and CKA_ID) and searches afresh when that fails;
-/// a key whose check fails is forgotten.
+/// several Regions, again and again by a job) search the token once: each reads the key's
+/// attributes through the remembered handle instead, and searches afresh when the handle no
+/// longer names an object of the same class, label and CKA_ID (the key was deleted, replaced
+/// or renamed, or the token reset). A key with the same identifier added meanwhile in another
+/// token is noticed (as ambiguous) once the time is up.
 const REMEMBER: Duration = Duration::from_secs(30);
 /// Beyond this many remembered keys, the stale ones are dropped.
 const REMEMBER_MAX: usize = 4096;
@@ -37,6 +39,40 @@ struct Remembered {
 impl Remembered {
     fn fresh(&self) -> bool {
         self.valid.load(Ordering::Relaxed) && self.found.elapsed() < REMEMBER
+    }
+
+    /// The key, if its remembered handle still names it (same class, label and CKA_ID, read
+    /// in one call with the attributes that can change: whether it may still be wrapped).
+    /// `None`: search again.
+    async fn revalidated(self) -> Option<Remembered> {
+        use cryptoki::object::AttributeType as A;
+        let h = self.hit.handle;
+        let now = self
+            .token
+            .run(move |s| {
+                ops::read_facts(
+                    s,
+                    h,
+                    &[
+                        A::Class,
+                        A::Label,
+                        A::Id,
+                        A::Extractable,
+                        A::WrapWithTrusted,
+                    ],
+                )
+            })
+            .await
+            .ok()?;
+        let was = &self.hit.facts;
+        if now.class != was.class || now.label != was.label || now.id != was.id {
+            self.valid.store(false, Ordering::Relaxed);
+            return None;
+        }
+        let mut r = self;
+        r.hit.facts.extractable = now.extractable;
+        r.hit.facts.wrap_with_trusted = now.wrap_with_trusted;
+        Some(r)
     }
 }
 
@@ -364,7 +400,11 @@ impl Tier for HsmLunaTier {
             ObjectClass::SECRET_KEY
         };
         let key = (class == ObjectClass::PRIVATE_KEY, identifier.to_owned());
-        let (token, hit, valid, searched) = match self.recall(&key) {
+        let recalled = match self.recall(&key) {
+            Some(r) => r.revalidated().await,
+            None => None,
+        };
+        let (token, hit, valid, searched) = match recalled {
             Some(r) => (r.token, r.hit, r.valid, false),
             None => {
                 let (token, hit) = self.search(class, identifier).await?;

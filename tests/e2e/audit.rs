@@ -73,6 +73,15 @@ async fn the_audit_trail_records_and_detects_tampering() {
         find("POST /api/v1/cckm/aws/upload-key", "success")["actor"],
         "alice"
     );
+    // The upload's entry is written with the key's record; the request is not recorded twice.
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["action"] == "POST /api/v1/cckm/aws/upload-key")
+            .count(),
+        1,
+        "{log}"
+    );
     assert_eq!(
         find("POST /api/v1/auth/tokens", "refused")["actor"],
         "frank"

@@ -193,8 +193,10 @@ async fn token_faults_are_answered_503_and_recovered_from() {
             "C_WrapKey SESSION_HANDLE_INVALID 1",
             "a session lost in the wrap",
         ),
+        // A key found before is checked through its handle (an attribute read), which
+        // failing sends the tier to search again: both fail here.
         (
-            "C_FindObjectsInit TOKEN_NOT_PRESENT 1",
+            "C_FindObjectsInit TOKEN_NOT_PRESENT 1\nC_GetAttributeValue TOKEN_NOT_PRESENT 1",
             "the token gone while finding the key",
         ),
     ] {

@@ -517,3 +517,48 @@ async fn an_upload_makes_six_kms_calls_from_the_local_and_hsm_luna_tiers() {
     }
     b.finish().await;
 }
+
+/// The tier remembers a source key it found; a key replaced in the token under the same label
+/// (new material, new CKA_ID) is what the next upload sends, and a key deleted there is not
+/// found, before any key is made in AWS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_key_replaced_or_deleted_in_the_token_is_found_afresh() {
+    let tokens = Tokens::new();
+    let first = secret(32);
+    let first_id = put_secret(&tokens.source, "swap-me", Kind::Aes, &first, true);
+    let b = Bridge::start(&tokens, Opts::default()).await;
+    let kms = b.kms().await;
+    let upload = |alias: &'static str| {
+        b.upload(upload_body(
+            &b,
+            "hsm-luna",
+            "swap-me",
+            "SYMMETRIC_DEFAULT",
+            alias,
+        ))
+    };
+    let (s, r) = upload("swap/first").await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_eq!(r["local_key_id"], hex::encode(&first_id));
+    prove_aes(&kms, r["aws_param"]["KeyID"].as_str().expect("id"), &first).await;
+
+    let destroy = || {
+        let s = world().session(&tokens.source);
+        let h = find_one(&s, "swap-me");
+        s.destroy_object(h).expect("C_DestroyObject");
+    };
+    destroy();
+    let second = secret(32);
+    let second_id = put_secret(&tokens.source, "swap-me", Kind::Aes, &second, true);
+    let (s, r) = upload("swap/second").await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_eq!(r["local_key_id"], hex::encode(&second_id));
+    prove_aes(&kms, r["aws_param"]["KeyID"].as_str().expect("id"), &second).await;
+
+    destroy();
+    let keys = kms_key_count(&kms).await;
+    let (s, r) = upload("swap/gone").await;
+    assert_error(s, &r, 404, "source tokens");
+    assert_eq!(kms_key_count(&kms).await, keys, "no key made in AWS");
+    b.finish().await;
+}
