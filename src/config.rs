@@ -237,6 +237,11 @@ pub struct ServerConfig {
     /// Open connections at most; one more is closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Uploads (requests and job items) that do their work at the same time; more wait for a
+    /// turn, after their request was checked. AWS's quotas pace an account's uploads to a few
+    /// per second in each Region, so more at once only costs memory.
+    #[serde(default = "default_max_active_uploads")]
+    pub max_active_uploads: usize,
     /// A second listener, plain HTTP on a loopback address, serving `GET /metrics` only and
     /// without a token (for a Prometheus agent on the host). `/metrics` on the API stays,
     /// for `reader`s.
@@ -257,6 +262,10 @@ fn default_request_timeout() -> u64 {
 
 fn default_max_connections() -> usize {
     512
+}
+
+fn default_max_active_uploads() -> usize {
+    16
 }
 
 #[derive(Debug, Clone, Deserialize)]

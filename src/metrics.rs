@@ -55,6 +55,8 @@ pub struct Metrics {
     pub sessions_in_use: Family<TokenLabels, Gauge>,
     pub token_ready: Family<TokenLabels, Gauge>,
     pub cleanup_backlog: Gauge,
+    pub uploads_active: Gauge,
+    pub uploads_waiting: Gauge,
     pub job_items_done: Family<StateLabels, Counter>,
     pub job_items_open: Family<StateLabels, Gauge>,
     registry: Registry,
@@ -83,6 +85,8 @@ impl Metrics {
         let sessions_in_use = Family::<TokenLabels, Gauge>::default();
         let token_ready = Family::<TokenLabels, Gauge>::default();
         let cleanup_backlog = Gauge::default();
+        let uploads_active = Gauge::default();
+        let uploads_waiting = Gauge::default();
         let job_items_done = Family::<StateLabels, Counter>::default();
         let job_items_open = Family::<StateLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("hsm_bridge");
@@ -127,6 +131,16 @@ impl Metrics {
             token_ready.clone(),
         );
         registry.register(
+            "uploads_active",
+            "Uploads doing their work now (at most server.max_active_uploads)",
+            uploads_active.clone(),
+        );
+        registry.register(
+            "uploads_waiting",
+            "Uploads checked and waiting for a turn (server.max_active_uploads)",
+            uploads_waiting.clone(),
+        );
+        registry.register(
             "cleanup_backlog",
             "AWS keys of failed uploads still waiting to be scheduled for deletion",
             cleanup_backlog.clone(),
@@ -151,6 +165,8 @@ impl Metrics {
             sessions_in_use,
             token_ready,
             cleanup_backlog,
+            uploads_active,
+            uploads_waiting,
             job_items_done,
             job_items_open,
             registry,

@@ -79,6 +79,30 @@ pub struct Uploader {
     pub allow_seconds: bool,
     /// This bridge's name in the cluster: the owner recorded on its attempts.
     pub node_id: String,
+    /// Turns to do an upload's work (`server.max_active_uploads`).
+    pub active: tokio::sync::Semaphore,
+}
+
+/// An upload's turn; given back (and counted out) when dropped.
+struct UploadTurn<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    _active: Counted,
+}
+
+/// One in a gauge for as long as it lives (also when an upload's future is dropped).
+struct Counted(&'static prometheus_client::metrics::gauge::Gauge);
+
+impl Counted {
+    fn new(g: &'static prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        Counted(g)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 struct Ctx<'a> {
@@ -98,6 +122,19 @@ struct Ctx<'a> {
 }
 
 impl Uploader {
+    /// Waits for a turn to do an upload's work; the request's own timeout bounds the wait.
+    async fn turn(&self) -> Result<UploadTurn<'_>, DomainError> {
+        let waiting = Counted::new(&crate::metrics::get().uploads_waiting);
+        let permit = self.active.acquire().await;
+        drop(waiting);
+        let permit =
+            permit.map_err(|_| DomainError::Unavailable("the bridge is stopping".into()))?;
+        Ok(UploadTurn {
+            _permit: permit,
+            _active: Counted::new(&crate::metrics::get().uploads_active),
+        })
+    }
+
     pub async fn upload(
         &self,
         body: UploadKeyBody,
@@ -175,6 +212,7 @@ impl Uploader {
                 conn.cfg.regions.join(", ")
             )));
         }
+        let _turn = self.turn().await?;
         let (policy_text, template_id) = self.policy_for(&req, &conn).await?;
         let source = self.tiers.resolve(req.tier, &req.source, req.spec).await?;
         let wrap = AwsWrap::choose(&source)?;

@@ -218,6 +218,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         detailed_errors: cfg.logging.detailed_errors,
         allow_seconds: cfg.schedules.allow_seconds,
         node_id: membership.node_id.clone(),
+        active: tokio::sync::Semaphore::new(cfg.server.max_active_uploads.max(1)),
     });
     let keys = Arc::new(crate::cckm::manage::KeyManager {
         uploader: uploader.clone(),

@@ -362,3 +362,84 @@ async fn a_pin_refused_mid_run_is_tried_once_and_reported() {
     b.stop().await;
     assert_no_leak(&b);
 }
+
+/// `server.max_active_uploads`: with one turn, an upload that arrives while another is held in
+/// the token waits before anything is made in AWS, and goes on when the first is done; both
+/// are proven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_beyond_max_active_uploads_wait_their_turn() {
+    let tokens = Tokens::new();
+    let material = secret(32);
+    put_secret(&tokens.source, "faults-aes", Kind::Aes, &material, true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let faults = Faults::new(dir.path());
+    let mut env = faults.env();
+    env.push(("HSM_BRIDGE__SERVER__MAX_ACTIVE_UPLOADS".into(), "1".into()));
+    let b = Bridge::start(
+        &tokens,
+        Opts {
+            module: Some(faults_module()),
+            env,
+            token_toml: "call_timeout_secs = 60".into(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let kms = b.kms().await;
+    let gauges = |text: &str| {
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        (
+            value("hsm_bridge_uploads_active"),
+            value("hsm_bridge_uploads_waiting"),
+        )
+    };
+    let wait_for = |want: (i64, i64), what: &'static str| {
+        let b = &b;
+        async move {
+            let start = Instant::now();
+            loop {
+                let text = b.metrics_text().await;
+                if gauges(&text) == want {
+                    return;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "{what}: {text}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    faults.set("C_WrapKey hang");
+    let (first, second, ()) = tokio::join!(
+        b.upload(body(&b, "turns/first")),
+        async {
+            while !faults.log().contains("fault C_WrapKey hang") {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            b.upload(body(&b, "turns/second")).await
+        },
+        async {
+            wait_for((1, 1), "one upload held in the token, one waiting").await;
+            assert_eq!(
+                kms_key_count(&kms).await,
+                1,
+                "the waiting upload has made nothing in AWS"
+            );
+            faults.set("");
+        },
+    );
+    for (s, r) in [first, second] {
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        prove_aes(
+            &kms,
+            r["aws_param"]["KeyID"].as_str().expect("KeyID"),
+            &material,
+        )
+        .await;
+    }
+    wait_for((0, 0), "no turn held after the uploads").await;
+    b.finish().await;
+}
