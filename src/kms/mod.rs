@@ -42,9 +42,14 @@ impl KmsConn {
 #[derive(Clone)]
 pub struct CreateClient(Client);
 
+/// The two clients of one connection and Region, once built.
+type ClientsCell = tokio::sync::OnceCell<(Client, CreateClient)>;
+
 pub struct KmsRegistry {
     conns: Vec<KmsConn>,
-    clients: Mutex<HashMap<(String, String), (Client, CreateClient)>>,
+    /// One per connection and Region, built by the first caller while the others wait for it
+    /// (a burst of first uploads would otherwise load the configuration once each).
+    clients: Mutex<HashMap<(String, String), Arc<ClientsCell>>>,
     limiter: Arc<limiter::Limiter>,
 }
 
@@ -93,23 +98,20 @@ impl KmsRegistry {
 
     async fn clients_for(&self, conn: &KmsConn, region: &str) -> (Client, CreateClient) {
         let key = (conn.cfg.id.clone(), region.to_owned());
-        if let Some(c) = self.clients.lock().await.get(&key) {
-            return c.clone();
-        }
-        // Built without the lock held: loading credentials may take a while.
-        let c = build_client(&conn.cfg, region, &self.limiter).await;
-        let once = CreateClient(Client::from_conf(
-            c.config()
-                .to_builder()
-                .retry_config(RetryConfig::disabled())
-                .build(),
-        ));
-        self.clients
-            .lock()
-            .await
-            .entry(key)
-            .or_insert((c, once))
-            .clone()
+        let cell = self.clients.lock().await.entry(key).or_default().clone();
+        // Built without the map's lock held: loading credentials may take a while.
+        cell.get_or_init(|| async {
+            let c = build_client(&conn.cfg, region, &self.limiter).await;
+            let once = CreateClient(Client::from_conf(
+                c.config()
+                    .to_builder()
+                    .retry_config(RetryConfig::disabled())
+                    .build(),
+            ));
+            (c, once)
+        })
+        .await
+        .clone()
     }
 }
 
