@@ -130,6 +130,7 @@ TOKEN="$("$BIN" token --config "$B/hsm-bridge.toml" --user bench --group "CCKM A
 cat >"$B/bench.json" <<JSON
 {"url": "$URL", "token": "$TOKEN", "kms": "bench", "region": "us-east-1",
  "kms_endpoint": "http://127.0.0.1:$KMS_PORT", "pid": $DAEMON_PID, "emulator_pid": $EMU_PID,
+ "emulator_log": "$B/kms/emulator.log",
  "levels": [$(echo "$LEVELS" | tr ' ' ',')], "duration": $DURATION, "warmup": $WARMUP,
  "cold_start_s": $(python3 -c "print($READY - $START)"),
  "json_out": "$B/results.json", "keys": $KEYS_JSON}

@@ -213,6 +213,21 @@ impl Uploader {
             )));
         }
         let _turn = self.turn().await?;
+        // Boxed: an upload waiting for its turn holds only what it needed to get here, not the
+        // state of every step after.
+        Box::pin(self.work(req, conn, request_id, actor, attempt, entry)).await
+    }
+
+    /// An upload's work, once it has its turn.
+    async fn work(
+        &self,
+        req: UploadRequest,
+        conn: KmsConn,
+        request_id: &str,
+        actor: &str,
+        attempt: Option<String>,
+        entry: Option<Event>,
+    ) -> Result<Value, DomainError> {
         let (policy_text, template_id) = self.policy_for(&req, &conn).await?;
         let source = self.tiers.resolve(req.tier, &req.source, req.spec).await?;
         let wrap = AwsWrap::choose(&source)?;
