@@ -194,6 +194,22 @@ impl Metrics {
     }
 }
 
+/// One in a gauge for as long as it lives (also when the future holding it is dropped).
+pub struct Counted(&'static Gauge);
+
+impl Counted {
+    pub fn new(g: &'static Gauge) -> Self {
+        g.inc();
+        Counted(g)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The process's metrics (one registry for every part).
 pub fn get() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();

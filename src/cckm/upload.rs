@@ -19,6 +19,7 @@ use super::request::{
 use super::spec::{KeySpec, KeyUsage};
 use crate::error::DomainError;
 use crate::kms::{self, CreateKeyInput, KmsConn, KmsError, KmsErrorKind, SharedKms};
+use crate::metrics::Counted;
 use crate::store::attempts::{self, NewAttempt, state};
 use crate::store::audit::Event;
 use crate::store::{Store, now_rfc3339};
@@ -87,22 +88,6 @@ pub struct Uploader {
 struct UploadTurn<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
     _active: Counted,
-}
-
-/// One in a gauge for as long as it lives (also when an upload's future is dropped).
-struct Counted(&'static prometheus_client::metrics::gauge::Gauge);
-
-impl Counted {
-    fn new(g: &'static prometheus_client::metrics::gauge::Gauge) -> Self {
-        g.inc();
-        Counted(g)
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 struct Ctx<'a> {
