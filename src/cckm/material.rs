@@ -116,7 +116,7 @@ impl Stages for AttemptStages<'_> {
         }
         let id = self.attempt.to_owned();
         // Not durable on its own: the attempt's durable records are its start (before
-        // CreateKey), the key it made, and its end.
+        // CreateKey) and its end.
         self.store
             .call_relaxed(move |c| crate::store::attempts::stage(c, &id, stage))
             .await

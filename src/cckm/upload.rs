@@ -434,8 +434,10 @@ impl Uploader {
         let wks = ctx.conn.cfg.wrapping_key_spec.clone();
         {
             let (id, k, a) = (ctx.attempt.clone(), ctx.key_id.clone(), ctx.arn.clone());
+            // Survives a crash of the process without an fsync; should the host lose it, the
+            // attempt still reads `creating` and the cleaner finds its key by the upload tag.
             self.store
-                .call(move |c| attempts::key_created(c, &id, &k, &a, material::FIRST_STAGE))
+                .call_relaxed(move |c| attempts::key_created(c, &id, &k, &a, material::FIRST_STAGE))
                 .await
                 .map_err(|e| ("CreateKey", e.into()))?;
         }
