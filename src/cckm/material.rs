@@ -17,6 +17,7 @@ use crate::pkcs11::TokenError;
 use crate::pkcs11::fingerprint::Fingerprint;
 use crate::pkcs11::ops::{self, PrivateWrap};
 use crate::pkcs11::profile::OaepHash;
+use crate::pkcs11::raw::Functions;
 use crate::store::Store;
 use crate::tiers::ResolvedSource;
 
@@ -75,12 +76,14 @@ impl AwsWrap {
 
     fn wrap(
         self,
+        raw: &Functions,
         s: &Session,
+        modulus_len: usize,
         wrapping: ObjectHandle,
         key: ObjectHandle,
     ) -> Result<Vec<u8>, TokenError> {
         match self {
-            AwsWrap::Secret(hash) => ops::oaep_wrap(s, hash, wrapping, key),
+            AwsWrap::Secret(hash) => ops::oaep_wrap_once(raw, s, hash, modulus_len, wrapping, key),
             AwsWrap::Private(m) => ops::rsa_aes_wrap(s, m, wrapping, key),
         }
     }
@@ -173,11 +176,13 @@ pub async fn wrap_and_import(
             public.size() * 8
         )));
     }
+    let modulus_len = public.size();
     let modulus = public.n().to_bytes_be();
     let exponent = public.e().to_bytes_be();
 
     stages.enter("Wrap").await.map_err(at("Wrap"))?;
     let token = source.token.clone();
+    let raw = token.functions().clone();
     let material = source.material.clone();
     let probe = source.fingerprinter(spec);
     let expected = expected.cloned();
@@ -207,7 +212,8 @@ pub async fn wrap_and_import(
                 &exponent,
                 wrap.wrapping_key_mechanism(),
             )?;
-            Ok((wrap.wrap(s, wrapping.handle(), key.handle())?, fingerprint))
+            let wrapped = wrap.wrap(&raw, s, modulus_len, wrapping.handle(), key.handle())?;
+            Ok((wrapped, fingerprint))
         })
         .await
         .map_err(|e| ("Wrap", DomainError::token(&token.name)(e)))?;

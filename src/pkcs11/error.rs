@@ -81,6 +81,15 @@ impl TokenError {
         }
     }
 
+    /// The same failure, naming the operation as the caller knows it.
+    pub fn in_op(self, name: &'static str) -> TokenError {
+        match self {
+            TokenError::Pkcs11 { rv, .. } => TokenError::Pkcs11 { op: name, rv },
+            TokenError::Library { message, .. } => TokenError::Library { op: name, message },
+            other => other,
+        }
+    }
+
     pub fn rv(&self) -> Option<RvError> {
         match self {
             TokenError::Pkcs11 { rv, .. } => Some(*rv),

@@ -14,6 +14,7 @@ use sha2::Digest;
 use super::TokenError;
 use super::keys::PrivateKind;
 use super::ops;
+use super::raw::Functions;
 
 /// The message HMAC keys are fingerprinted over; fixed for all time (changing it would make
 /// every stored fingerprint unverifiable).
@@ -66,6 +67,7 @@ pub enum Subject {
 /// knows it; an EC private key needs it (a private EC object does not carry its point), and it
 /// must agree with what the token says for RSA.
 pub fn compute(
+    raw: &Functions,
     session: &Session,
     h: ObjectHandle,
     subject: Subject,
@@ -84,9 +86,9 @@ pub fn compute(
     }
     match subject {
         Subject::Aes => {
-            let out = session
-                .encrypt(&Mechanism::AesEcb, h, &[0u8; 16])
-                .map_err(TokenError::ck("C_Encrypt (AES-ECB)"))
+            let out = raw
+                .encrypt(session, &Mechanism::AesEcb, h, &[0u8; 16], 16)
+                .map_err(|e| e.in_op("C_Encrypt (AES-ECB)"))
                 .map_err(unusable("AES-ECB"))?;
             Ok(Fingerprint::of(Method::AesKcv, &out))
         }

@@ -105,7 +105,7 @@ impl TokenSet {
         let storage = tokens[vault]
             .capabilities()
             .and_then(|c| c.storage.as_ref().map(|st| st.mechanism));
-        let raw = raw::Functions::load(&tokens[vault].module)?;
+        let raw = tokens[vault].functions().clone();
         let tries = restrictions::Tries {
             storage,
             oaep: tokens[vault].capabilities().and_then(|c| c.best_oaep()),

@@ -14,6 +14,7 @@ use super::error::TokenError;
 use super::keys::{self, PrivateKind, PrivateMaterial};
 use super::mechanism_ext::{CKM_RSA_AES_KEY_WRAP, RawMechanism};
 use super::profile::OaepHash;
+use super::raw::Functions;
 
 /// The kinds of secret keys the bridge moves: AES keys and HMAC keys (generic secrets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -173,6 +174,19 @@ pub fn oaep_wrap(
     session
         .wrap_key(&oaep_mechanism(hash), wrapping, key)
         .map_err(TokenError::ck("C_WrapKey (RSA-OAEP)"))
+}
+
+/// The same in one call to the token: an RSA-OAEP wrapped key is as long as the modulus.
+pub fn oaep_wrap_once(
+    raw: &Functions,
+    session: &Session,
+    hash: OaepHash,
+    modulus_len: usize,
+    wrapping: ObjectHandle,
+    key: ObjectHandle,
+) -> Result<Vec<u8>, TokenError> {
+    raw.wrap_key(session, &oaep_mechanism(hash), wrapping, key, modulus_len)
+        .map_err(|e| e.in_op("C_WrapKey (RSA-OAEP)"))
 }
 
 pub fn kwp_wrap(
@@ -429,7 +443,7 @@ pub struct KeyFacts {
     pub ec_params: Option<Vec<u8>>,
 }
 
-/// Reads the `wanted` attributes of an object in one call.
+/// Reads the `wanted` attributes of an object.
 pub fn read_facts(
     session: &Session,
     h: ObjectHandle,
@@ -438,6 +452,25 @@ pub fn read_facts(
     let attrs = session
         .get_attributes(h, wanted)
         .map_err(TokenError::ck("C_GetAttributeValue"))?;
+    Ok(facts_of(attrs))
+}
+
+/// The same in one call to the token where labels and CKA_IDs are short (as they are: the
+/// bridge's identifiers), for the upload's hot path.
+pub fn read_facts_once(
+    raw: &Functions,
+    session: &Session,
+    h: ObjectHandle,
+    wanted: &[AttributeType],
+) -> Result<KeyFacts, TokenError> {
+    const ROOM: usize = 256;
+    match raw.attributes_once(session, h, wanted, ROOM)? {
+        Some(attrs) => Ok(facts_of(attrs)),
+        None => read_facts(session, h, wanted),
+    }
+}
+
+fn facts_of(attrs: Vec<Attribute>) -> KeyFacts {
     let mut f = KeyFacts {
         class: ObjectClass::DATA,
         key_type: None,
@@ -467,7 +500,7 @@ pub fn read_facts(
             _ => {}
         }
     }
-    Ok(f)
+    f
 }
 
 /// What the bridge needs to know about a key found in a source token.

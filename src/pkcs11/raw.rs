@@ -1,12 +1,16 @@
 //! The few PKCS#11 calls the `cryptoki` crate cannot express: templates holding an array
-//! attribute (CKA_UNWRAP_TEMPLATE, which `Attribute` has no variant for). They go through the
-//! module's own function list, so they reach the very module instance, and session, the crate
-//! opened; attributes the crate can name are converted with its own `CK_ATTRIBUTE` conversion.
+//! attribute (CKA_UNWRAP_TEMPLATE, which `Attribute` has no variant for), and the upload's
+//! hot-path calls made once with a buffer of the size the caller knows, where the crate always
+//! asks the token for the length first (each call on a token object costs a file-backed
+//! token such as SoftHSM2 a read of the object). They go through the module's own function
+//! list, so they reach the very module instance, and session, the crate opened; attributes the
+//! crate can name are converted with its own `CK_ATTRIBUTE` conversion.
 
 use std::path::Path;
 
 use cryptoki::error::{Rv, RvError};
-use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::{
     CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_FUNCTION_LIST, CK_MECHANISM, CK_MECHANISM_TYPE,
@@ -200,5 +204,154 @@ impl Functions {
                 .map(|(a, v)| (a.type_, v))
                 .collect(),
         ))
+    }
+    /// C_GetAttributeValue of `wanted` in one call, each variable-length attribute given `room`
+    /// bytes. Attributes the object does not have or keeps secret are left out, as the crate
+    /// does; `None` when one did not fit, for the caller to read them the crate's way.
+    pub fn attributes_once(
+        &self,
+        session: &Session,
+        object: ObjectHandle,
+        wanted: &[AttributeType],
+        room: usize,
+    ) -> Result<Option<Vec<Attribute>>, TokenError> {
+        const OP: &str = "C_GetAttributeValue";
+        let f = self.list.C_GetAttributeValue.ok_or_else(|| missing(OP))?;
+        let mut buffers: Vec<Vec<u8>> = wanted
+            .iter()
+            .map(|t| vec![0u8; t.fixed_size().unwrap_or(room)])
+            .collect();
+        let mut template: Vec<CK_ATTRIBUTE> = wanted
+            .iter()
+            .zip(buffers.iter_mut())
+            .map(|(t, b)| CK_ATTRIBUTE {
+                type_: (*t).into(),
+                pValue: b.as_mut_ptr() as *mut std::ffi::c_void,
+                ulValueLen: b.len() as CK_ULONG,
+            })
+            .collect();
+        // SAFETY: every attribute points at a live buffer as long as it says.
+        let rv = unsafe {
+            f(
+                session.handle(),
+                object.handle(),
+                template.as_mut_ptr(),
+                template.len() as CK_ULONG,
+            )
+        };
+        match Rv::from(rv) {
+            Rv::Ok | Rv::Error(RvError::AttributeSensitive | RvError::AttributeTypeInvalid) => {}
+            Rv::Error(RvError::BufferTooSmall) => return Ok(None),
+            Rv::Error(rv) => return Err(TokenError::Pkcs11 { op: OP, rv }),
+        }
+        let mut out = Vec::with_capacity(template.len());
+        for (a, b) in template.iter().zip(&buffers) {
+            if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
+                continue;
+            }
+            if a.ulValueLen as usize > b.len() {
+                return Ok(None);
+            }
+            let a = Attribute::try_from(*a).map_err(|e| TokenError::Library {
+                op: OP,
+                message: e.to_string(),
+            })?;
+            out.push(a);
+        }
+        Ok(Some(out))
+    }
+
+    /// C_WrapKey into a buffer of `room` bytes (the wrapped length where the caller knows it:
+    /// the modulus for RSA-OAEP), asking for more only if the token says it needs it.
+    pub fn wrap_key(
+        &self,
+        session: &Session,
+        mechanism: &Mechanism,
+        wrapping: ObjectHandle,
+        key: ObjectHandle,
+        room: usize,
+    ) -> Result<Vec<u8>, TokenError> {
+        const OP: &str = "C_WrapKey";
+        let f = self.list.C_WrapKey.ok_or_else(|| missing(OP))?;
+        let mut mech = CK_MECHANISM::from(mechanism);
+        let mut out = vec![0u8; room];
+        for _ in 0..2 {
+            let mut len = out.len() as CK_ULONG;
+            // SAFETY: the mechanism's parameters borrow from `mechanism`; `out` is `len` long.
+            let rv = unsafe {
+                f(
+                    session.handle(),
+                    &mut mech,
+                    wrapping.handle(),
+                    key.handle(),
+                    out.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            match Rv::from(rv) {
+                Rv::Ok => {
+                    out.truncate(len as usize);
+                    return Ok(out);
+                }
+                Rv::Error(RvError::BufferTooSmall) if len as usize > out.len() => {
+                    out.resize(len as usize, 0);
+                }
+                Rv::Error(rv) => return Err(TokenError::Pkcs11 { op: OP, rv }),
+            }
+        }
+        Err(TokenError::Pkcs11 {
+            op: OP,
+            rv: RvError::BufferTooSmall,
+        })
+    }
+
+    /// C_EncryptInit and one C_Encrypt of `data` into a buffer of `room` bytes (asking for
+    /// more only if the token says it needs it: that does not end the operation).
+    pub fn encrypt(
+        &self,
+        session: &Session,
+        mechanism: &Mechanism,
+        key: ObjectHandle,
+        data: &[u8],
+        room: usize,
+    ) -> Result<Vec<u8>, TokenError> {
+        const INIT: &str = "C_EncryptInit";
+        const OP: &str = "C_Encrypt";
+        let init = self.list.C_EncryptInit.ok_or_else(|| missing(INIT))?;
+        let f = self.list.C_Encrypt.ok_or_else(|| missing(OP))?;
+        let mut mech = CK_MECHANISM::from(mechanism);
+        // SAFETY: the mechanism's parameters borrow from `mechanism`.
+        check(INIT, unsafe {
+            init(session.handle(), &mut mech, key.handle())
+        })?;
+        let mut input = data.to_vec();
+        let mut out = vec![0u8; room];
+        for _ in 0..2 {
+            let mut len = out.len() as CK_ULONG;
+            // SAFETY: `input` and `out` are live and as long as said.
+            let rv = unsafe {
+                f(
+                    session.handle(),
+                    input.as_mut_ptr(),
+                    input.len() as CK_ULONG,
+                    out.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            match Rv::from(rv) {
+                Rv::Ok => {
+                    out.truncate(len as usize);
+                    return Ok(out);
+                }
+                Rv::Error(RvError::BufferTooSmall) if len as usize > out.len() => {
+                    out.resize(len as usize, 0);
+                }
+                Rv::Error(rv) => return Err(TokenError::Pkcs11 { op: OP, rv }),
+            }
+        }
+        Err(TokenError::Pkcs11 {
+            op: OP,
+            rv: RvError::BufferTooSmall,
+        })
     }
 }

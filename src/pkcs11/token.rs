@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::error::TokenError;
 use super::profile::{LoginUser, Profile};
+use super::raw::Functions;
 use super::restrictions::Restriction;
 use super::selftest::Capabilities;
 use crate::config::{TokenConfig, TokenRole};
@@ -112,6 +113,7 @@ pub struct Token {
     pub module: PathBuf,
     pub kek_label: String,
     inner: Arc<Inner>,
+    functions: Arc<Functions>,
     caps: OnceLock<Capabilities>,
     restrictions: OnceLock<Vec<Restriction>>,
 }
@@ -156,6 +158,8 @@ impl Token {
                 )));
             }
         };
+        let functions = Functions::load(&cfg.module)
+            .map_err(|e| TokenError::Refused(format!("{}: {e}", key("module"))))?;
         let place = find_slot(&pkcs11, &locator)
             .map_err(|e| TokenError::Refused(format!("{}: {e}", key(locator_key))))?;
         let login = match cfg.login_user.as_deref() {
@@ -194,6 +198,7 @@ impl Token {
             module: cfg.module.clone(),
             kek_label: cfg.kek_label.clone(),
             inner,
+            functions: Arc::new(functions),
             caps: OnceLock::new(),
             restrictions: OnceLock::new(),
         })
@@ -205,6 +210,11 @@ impl Token {
             .lock()
             .map(|p| p.1.clone())
             .unwrap_or_else(|p| p.into_inner().1.clone())
+    }
+
+    /// The token module's function list, for the calls made without the `cryptoki` crate.
+    pub fn functions(&self) -> &Arc<Functions> {
+        &self.functions
     }
 
     pub fn set_capabilities(&self, caps: Capabilities) {

@@ -15,6 +15,7 @@ use crate::cckm::spec::{KeySpec, SpecFamily};
 use crate::error::DomainError;
 use crate::pkcs11::keys::PrivateKind;
 use crate::pkcs11::ops::{self, KeyFacts};
+use crate::pkcs11::raw::Functions;
 use crate::pkcs11::{Token, TokenError};
 
 /// How long a key found in a source token is remembered, so that uploads of one key (to
@@ -47,10 +48,12 @@ impl Remembered {
     async fn revalidated(self) -> Option<Remembered> {
         use cryptoki::object::AttributeType as A;
         let h = self.hit.handle;
+        let raw = self.token.functions().clone();
         let now = self
             .token
             .run(move |s| {
-                ops::read_facts(
+                ops::read_facts_once(
+                    &raw,
                     s,
                     h,
                     &[
@@ -213,6 +216,7 @@ impl Lookup {
 /// still names an object of the same class, label and CKA_ID; otherwise the key is looked up
 /// afresh (after a token reset, say, handles can change).
 struct ResidentKey {
+    raw: Arc<Functions>,
     lookup: Lookup,
     handle: ObjectHandle,
     class: ObjectClass,
@@ -224,29 +228,16 @@ struct ResidentKey {
 
 impl ResidentKey {
     fn still_there(&self, session: &Session) -> bool {
-        use cryptoki::object::{Attribute, AttributeType};
-        let Ok(attrs) = session.get_attributes(
+        use cryptoki::object::AttributeType as A;
+        let Ok(now) = ops::read_facts_once(
+            &self.raw,
+            session,
             self.handle,
-            &[
-                AttributeType::Class,
-                AttributeType::Label,
-                AttributeType::Id,
-            ],
+            &[A::Class, A::Label, A::Id],
         ) else {
             return false;
         };
-        let (mut class, mut label, mut id) = (None, None, None);
-        for a in attrs {
-            match a {
-                Attribute::Class(c) => class = Some(c),
-                Attribute::Label(l) => label = Some(l),
-                Attribute::Id(i) => id = Some(i),
-                _ => {}
-            }
-        }
-        class == Some(self.class)
-            && label.as_deref() == Some(self.label.as_bytes())
-            && id.as_deref().unwrap_or_default() == self.id.as_slice()
+        now.class == self.class && now.label == self.label && now.id == self.id
     }
 }
 
@@ -440,6 +431,7 @@ impl Tier for HsmLunaTier {
             );
         }
         let id_hex = hex::encode(&hit.facts.id);
+        let raw = token.functions().clone();
         Ok(ResolvedSource {
             token,
             local_key_id: if id_hex.is_empty() {
@@ -450,6 +442,7 @@ impl Tier for HsmLunaTier {
             local_key_name: hit.facts.label.clone(),
             private: hit.private,
             material: Arc::new(ResidentKey {
+                raw,
                 lookup: hit.lookup,
                 handle: hit.handle,
                 class: hit.facts.class,

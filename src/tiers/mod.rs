@@ -16,6 +16,7 @@ use crate::error::DomainError;
 use crate::pkcs11::fingerprint::{self, Fingerprint, Subject};
 use crate::pkcs11::keys::PrivateKind;
 use crate::pkcs11::ops::SessionObject;
+use crate::pkcs11::raw::Functions;
 use crate::pkcs11::{Token, TokenError};
 
 /// A key made resident in a session: already there, or unwrapped for this operation only.
@@ -85,6 +86,7 @@ impl ResolvedSource {
     /// that the key being wrapped can be fingerprinted in the same session).
     pub fn fingerprinter(&self, spec: KeySpec) -> Fingerprinter {
         Fingerprinter {
+            raw: self.token.functions().clone(),
             subject: self.subject(spec),
             material: self.material.clone(),
             known_public: self.public_spki.clone(),
@@ -94,6 +96,7 @@ impl ResolvedSource {
 
 /// Computes a source key's fingerprint in a session of its token.
 pub struct Fingerprinter {
+    raw: Arc<Functions>,
     subject: Subject,
     material: Arc<dyn Materialize>,
     known_public: Option<Vec<u8>>,
@@ -106,7 +109,7 @@ impl Fingerprinter {
             (Subject::Private(_), None) => self.material.public_spki(s)?,
             (_, known) => known.clone(),
         };
-        fingerprint::compute(s, key, self.subject, public.as_deref())
+        fingerprint::compute(&self.raw, s, key, self.subject, public.as_deref())
     }
 }
 
