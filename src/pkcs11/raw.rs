@@ -305,8 +305,9 @@ impl Functions {
         })
     }
 
-    /// C_EncryptInit and one C_Encrypt of `data` into a buffer of `room` bytes (asking for
-    /// more only if the token says it needs it: that does not end the operation).
+    /// C_EncryptInit and one C_Encrypt of `data` into a buffer of `room` bytes, asking for
+    /// more only if the token says it needs it. The standard keeps the operation active after
+    /// CKR_BUFFER_TOO_SMALL; some tokens (kryoptic) end it, and it is started again.
     pub fn encrypt(
         &self,
         session: &Session,
@@ -320,13 +321,18 @@ impl Functions {
         let init = self.list.C_EncryptInit.ok_or_else(|| missing(INIT))?;
         let f = self.list.C_Encrypt.ok_or_else(|| missing(OP))?;
         let mut mech = CK_MECHANISM::from(mechanism);
-        // SAFETY: the mechanism's parameters borrow from `mechanism`.
-        check(INIT, unsafe {
-            init(session.handle(), &mut mech, key.handle())
-        })?;
+        let mut start = || {
+            // SAFETY: the mechanism's parameters borrow from `mechanism`.
+            check(INIT, unsafe {
+                init(session.handle(), &mut mech, key.handle())
+            })
+        };
+        start()?;
         let mut input = data.to_vec();
         let mut out = vec![0u8; room];
-        for _ in 0..2 {
+        let mut grown = false;
+        let mut restarted = false;
+        loop {
             let mut len = out.len() as CK_ULONG;
             // SAFETY: `input` and `out` are live and as long as said.
             let rv = unsafe {
@@ -343,15 +349,16 @@ impl Functions {
                     out.truncate(len as usize);
                     return Ok(out);
                 }
-                Rv::Error(RvError::BufferTooSmall) if len as usize > out.len() => {
+                Rv::Error(RvError::BufferTooSmall) if !grown && len as usize > out.len() => {
+                    grown = true;
                     out.resize(len as usize, 0);
+                }
+                Rv::Error(RvError::OperationNotInitialized) if grown && !restarted => {
+                    restarted = true;
+                    start()?;
                 }
                 Rv::Error(rv) => return Err(TokenError::Pkcs11 { op: OP, rv }),
             }
         }
-        Err(TokenError::Pkcs11 {
-            op: OP,
-            rv: RvError::BufferTooSmall,
-        })
     }
 }

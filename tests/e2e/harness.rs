@@ -347,7 +347,7 @@ pub enum Kind {
 }
 
 /// The token-object template both test secret helpers start from.
-fn secret_template(kind: Kind, label: &str, extractable: bool) -> Vec<Attribute> {
+pub fn secret_template(kind: Kind, label: &str, extractable: bool) -> Vec<Attribute> {
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(if kind == Kind::Aes {

@@ -10,6 +10,7 @@ mod dsm;
 mod external;
 mod faults;
 mod harness;
+mod hot_path;
 mod leases;
 mod lost_answers;
 mod manage;
