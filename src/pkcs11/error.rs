@@ -52,7 +52,9 @@ pub fn classify(rv: RvError) -> TokenFailure {
         | WrappingKeyTypeInconsistent
         | CurveNotSupported
         | DataLenRange => TokenFailure::KeyUnsuitable,
-        SessionHandleInvalid | SessionClosed => TokenFailure::SessionLost,
+        // A session left with an operation active (a token that ended a call oddly) is of no
+        // use for that operation again: it is closed rather than pooled.
+        SessionHandleInvalid | SessionClosed | OperationActive => TokenFailure::SessionLost,
         DeviceError
         | DeviceMemory
         | DeviceRemoved
@@ -147,6 +149,10 @@ mod tests {
         assert_eq!(classify(RvError::DeviceRemoved), TokenFailure::Unavailable);
         assert_eq!(
             classify(RvError::SessionHandleInvalid),
+            TokenFailure::SessionLost
+        );
+        assert_eq!(
+            classify(RvError::OperationActive),
             TokenFailure::SessionLost
         );
         assert_eq!(classify(RvError::GeneralError), TokenFailure::Internal);
