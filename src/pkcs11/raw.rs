@@ -274,35 +274,24 @@ impl Functions {
         const OP: &str = "C_WrapKey";
         let f = self.list.C_WrapKey.ok_or_else(|| missing(OP))?;
         let mut mech = CK_MECHANISM::from(mechanism);
-        let mut out = vec![0u8; room];
-        for _ in 0..2 {
-            let mut len = out.len() as CK_ULONG;
-            // SAFETY: the mechanism's parameters borrow from `mechanism`; `out` is `len` long.
-            let rv = unsafe {
-                f(
-                    session.handle(),
-                    &mut mech,
-                    wrapping.handle(),
-                    key.handle(),
-                    out.as_mut_ptr(),
-                    &mut len,
-                )
-            };
-            match Rv::from(rv) {
-                Rv::Ok => {
-                    out.truncate(len as usize);
-                    return Ok(out);
+        into_buffer(
+            OP,
+            room,
+            |out, len| {
+                // SAFETY: the mechanism's parameters borrow from `mechanism`; `out` is `len` long.
+                unsafe {
+                    f(
+                        session.handle(),
+                        &mut mech,
+                        wrapping.handle(),
+                        key.handle(),
+                        out,
+                        len,
+                    )
                 }
-                Rv::Error(RvError::BufferTooSmall) if len as usize > out.len() => {
-                    out.resize(len as usize, 0);
-                }
-                Rv::Error(rv) => return Err(TokenError::Pkcs11 { op: OP, rv }),
-            }
-        }
-        Err(TokenError::Pkcs11 {
-            op: OP,
-            rv: RvError::BufferTooSmall,
-        })
+            },
+            || Ok(false),
+        )
     }
 
     /// C_EncryptInit and one C_Encrypt of `data` into a buffer of `room` bytes, asking for
@@ -328,37 +317,54 @@ impl Functions {
             })
         };
         start()?;
-        let mut input = data.to_vec();
-        let mut out = vec![0u8; room];
-        let mut grown = false;
-        let mut restarted = false;
-        loop {
-            let mut len = out.len() as CK_ULONG;
-            // SAFETY: `input` and `out` are live and as long as said.
-            let rv = unsafe {
-                f(
-                    session.handle(),
-                    input.as_mut_ptr(),
-                    input.len() as CK_ULONG,
-                    out.as_mut_ptr(),
-                    &mut len,
-                )
-            };
-            match Rv::from(rv) {
-                Rv::Ok => {
-                    out.truncate(len as usize);
-                    return Ok(out);
+        into_buffer(
+            OP,
+            room,
+            |out, len| {
+                // SAFETY: `data` and `out` are live and as long as said; C_Encrypt only reads
+                // its input, whatever the signature's `*mut` says.
+                unsafe {
+                    f(
+                        session.handle(),
+                        data.as_ptr() as *mut u8,
+                        data.len() as CK_ULONG,
+                        out,
+                        len,
+                    )
                 }
-                Rv::Error(RvError::BufferTooSmall) if !grown && len as usize > out.len() => {
-                    grown = true;
-                    out.resize(len as usize, 0);
-                }
-                Rv::Error(RvError::OperationNotInitialized) if grown && !restarted => {
-                    restarted = true;
-                    start()?;
-                }
-                Rv::Error(rv) => return Err(TokenError::Pkcs11 { op: OP, rv }),
+            },
+            || start().map(|()| true),
+        )
+    }
+}
+
+/// Runs a PKCS#11 call that writes its output into a buffer of `room` bytes, growing it once
+/// to the length the token asks for on CKR_BUFFER_TOO_SMALL. Should the token say the
+/// operation ended after that, `restart` may start it again (returning whether it did).
+fn into_buffer(
+    op: &'static str,
+    room: usize,
+    mut call: impl FnMut(*mut u8, &mut CK_ULONG) -> cryptoki_sys::CK_RV,
+    mut restart: impl FnMut() -> Result<bool, TokenError>,
+) -> Result<Vec<u8>, TokenError> {
+    let mut out = vec![0u8; room];
+    let mut grown = false;
+    let mut restarted = false;
+    loop {
+        let mut len = out.len() as CK_ULONG;
+        match Rv::from(call(out.as_mut_ptr(), &mut len)) {
+            Rv::Ok => {
+                out.truncate(len as usize);
+                return Ok(out);
             }
+            Rv::Error(RvError::BufferTooSmall) if !grown && len as usize > out.len() => {
+                grown = true;
+                out.resize(len as usize, 0);
+            }
+            Rv::Error(RvError::OperationNotInitialized) if grown && !restarted && restart()? => {
+                restarted = true;
+            }
+            Rv::Error(rv) => return Err(TokenError::Pkcs11 { op, rv }),
         }
     }
 }
